@@ -1,0 +1,15 @@
+"""gosse: Server-Sent Events for synchronous, thread-based Python."""
+from .errors import (BrokerClosedError, EventError, EventStreamError, FeedClosedError,
+                     FeedConnectionError, FeedError, ResponseError, SessionLimitError,
+                     SSEError, StreamingUnsupportedError, UnknownClientError)
+from .event import Event, JSONEvent
+from .parser import EventStreamParser
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Event", "JSONEvent", "EventStreamParser",
+    "SSEError", "EventError", "EventStreamError", "StreamingUnsupportedError",
+    "UnknownClientError", "BrokerClosedError", "SessionLimitError",
+    "FeedError", "FeedConnectionError", "ResponseError", "FeedClosedError",
+]

@@ -1,0 +1,159 @@
+"""Incremental event-stream parser (WHATWG HTML, "Server-sent events").
+
+Feed it bytes as they arrive, in chunks of any size and split anywhere (inside
+a CRLF pair, inside a UTF-8 sequence); it returns the events completed so far::
+
+    p = EventStreamParser()
+    p.feed(b"data: a\\r\\n\\r")    # -> []
+    p.feed(b"\\n")                # -> [Event(data='a', event='message', id='')]
+
+The per-byte work is done by C-implemented ``bytes``/``str`` methods (rfind,
+decode, replace, split, partition); the Python loop runs once per line.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+from .errors import EventStreamError
+from .event import Event, _decoded_event
+
+__all__ = ["EventStreamParser", "DEFAULT_MAX_LINE_BYTES"]
+
+#: Default limit of one line's length, in bytes.
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class EventStreamParser:
+    """Turns a byte stream into :class:`~gosse.Event` objects.
+
+    State lives in plain attributes:
+
+    * ``last_event_id``: the id in force after the last complete block (what a
+      browser's ``EventSource.lastEventId`` shows; send it back as
+      ``Last-Event-ID`` when reconnecting).
+    * ``retry``: the reconnection time in milliseconds set by the stream, or
+      ``None`` if it never set one.
+
+    A line longer than ``max_line_bytes`` raises
+    :class:`~gosse.errors.EventStreamError`; buffered memory stays within that
+    bound plus one chunk.  After an error the parser should be discarded.
+    """
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                 last_event_id: str = ""):
+        if type(max_line_bytes) is not int or max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be a positive int, not {max_line_bytes!r}")
+        self.max_line_bytes = max_line_bytes
+        self.last_event_id = last_event_id
+        self.retry: Optional[int] = None
+        self._pending: List[bytes] = []  # bytes of the unfinished last line
+        self._pending_len = 0
+        self._skip_lf = False    # the previous chunk ended with CR
+        self._check_bom = True   # nothing has been seen yet
+        # The block being built:
+        self._data: List[str] = []
+        self._type = ""
+        self._id = last_event_id
+
+    def feed(self, chunk: Union[bytes, bytearray, memoryview]) -> List[Event]:
+        """Parse more bytes; return the events they complete (maybe none)."""
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)
+        if self._check_bom:
+            if self._pending:
+                chunk = b"".join(self._pending) + chunk
+                self._pending = []
+                self._pending_len = 0
+            if len(chunk) < 3 and _BOM.startswith(chunk):
+                if chunk:
+                    self._pending = [chunk]
+                    self._pending_len = len(chunk)
+                return []
+            self._check_bom = False
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
+        if self._skip_lf:
+            if not chunk:
+                return []
+            self._skip_lf = False
+            if chunk[0] == 10:  # the LF of a CRLF split between chunks
+                chunk = chunk[1:]
+        end = chunk.rfind(b"\n")
+        cr = chunk.rfind(b"\r", end + 1)
+        if cr > end:
+            end = cr
+            self._skip_lf = cr == len(chunk) - 1
+        if end < 0:
+            if chunk:
+                self._pending.append(chunk)
+                self._pending_len += len(chunk)
+                if self._pending_len > self.max_line_bytes:
+                    self._too_long(self._pending_len)
+            return []
+        end += 1
+        head = chunk if end == len(chunk) else chunk[:end]
+        if self._pending:
+            self._pending.append(head)
+            head = b"".join(self._pending)
+            self._pending = []
+            self._pending_len = 0
+        if end < len(chunk):
+            tail = chunk[end:]
+            self._pending.append(tail)
+            self._pending_len = len(tail)
+            if self._pending_len > self.max_line_bytes:
+                self._too_long(self._pending_len)
+        if len(head) > self.max_line_bytes:
+            longest = max(map(len, head.splitlines()))
+            if longest > self.max_line_bytes:
+                self._too_long(longest)
+        text = head.decode("utf-8", "replace")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        return self._lines(text.split("\n"))
+
+    def _lines(self, lines: List[str]) -> List[Event]:
+        # lines[-1] is the empty string after the final line end: skip it.
+        lines.pop()
+        events = []
+        data = self._data
+        etype = self._type
+        id_buffer = self._id
+        for line in lines:
+            if not line:  # blank line: dispatch
+                self.last_event_id = id_buffer
+                if data:
+                    events.append(_decoded_event(
+                        data[0] if len(data) == 1 else "\n".join(data),
+                        etype or "message", id_buffer, self.retry))
+                    data = []
+                etype = ""
+                continue
+            name, colon, value = line.partition(":")
+            if colon and value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                data.append(value)
+            elif not name:
+                pass  # comment
+            elif name == "event":
+                etype = value
+            elif name == "id":
+                if "\0" not in value:
+                    id_buffer = value
+            elif name == "retry":
+                if value.isdigit() and value.isascii():
+                    self.retry = int(value)
+        self._data = data
+        self._type = etype
+        self._id = id_buffer
+        return events
+
+    def _too_long(self, length: int) -> None:
+        self._pending = []
+        self._pending_len = 0
+        raise EventStreamError(
+            f"event stream line of {length} bytes or more exceeds max_line_bytes="
+            f"{self.max_line_bytes}; raise the limit if this stream is legitimate")
