@@ -2,12 +2,14 @@
 from .errors import (BrokerClosedError, EventError, EventStreamError, FeedClosedError,
                      FeedConnectionError, FeedError, ResponseError, SessionLimitError,
                      SSEError, StreamingUnsupportedError, UnknownClientError)
+from .broker import Broker, ClientConnection, Refusal
 from .event import Event, JSONEvent
 from .parser import EventStreamParser
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Broker", "ClientConnection", "Refusal",
     "Event", "JSONEvent", "EventStreamParser",
     "SSEError", "EventError", "EventStreamError", "StreamingUnsupportedError",
     "UnknownClientError", "BrokerClosedError", "SessionLimitError",

@@ -1,0 +1,46 @@
+"""A plain Werkzeug WSGI app around a Broker, used by the tests in-process
+(Werkzeug's server) and by gunicorn (``broker_app:app``)."""
+import json
+import os
+
+from werkzeug.wrappers import Request, Response
+
+from gosse import Broker, Event, UnknownClientError
+
+
+def make_app(broker):
+    @Request.application
+    def _control(request):
+        form = request.form
+        event = Event(form.get("data", ""), event=form.get("event"), id=form.get("id"))
+        path = request.path
+        if path == "/broadcast":
+            n = broker.broadcast(event)
+        elif path.startswith("/send/"):
+            try:
+                n = broker.send(path[len("/send/"):], event)
+            except UnknownClientError as exc:
+                return Response(str(exc), status=404)
+        elif path.startswith("/publish/"):
+            n = broker.publish(path[len("/publish/"):], event)
+        elif path == "/stats":
+            return Response(json.dumps(broker.stats()), mimetype="application/json")
+        else:
+            return Response("not found", status=404)
+        return Response(str(n))
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/sse":
+            request = Request(environ)
+            topics = [t for t in request.args.get("topics", "").split(",") if t]
+            conn = broker.connect(request.args.get("client", "anon"), environ, topics=topics)
+            return conn(environ, start_response)
+        return _control(environ, start_response)
+
+    return app
+
+
+broker = Broker(heartbeat_interval=float(os.environ.get("GOSSE_TEST_HEARTBEAT", "15")),
+                history=int(os.environ.get("GOSSE_TEST_HISTORY", "0")),
+                queue_size=int(os.environ.get("GOSSE_TEST_QUEUE", "1024")))
+app = make_app(broker)

@@ -1,0 +1,146 @@
+"""Real HTTP servers for the tests: Werkzeug's threaded server in a thread,
+gunicorn's gthread worker in a subprocess, and a small stdlib SSE reader."""
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+from werkzeug.serving import make_server
+
+from gosse import EventStreamParser
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def werkzeug_server(app):
+    """Serve a WSGI app on Werkzeug's threaded server; yield its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def wait_for_port(port, proc=None, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@contextmanager
+def gunicorn_server(app_ref, *, workers=1, threads=64, env=None, extra=()):
+    """Run ``gunicorn -k gthread`` on ``app_ref`` (module:attr, importable
+    from tests/); yield (base_url, process)."""
+    if shutil.which("gunicorn") is None and not _has_module("gunicorn"):
+        raise RuntimeError("gunicorn is not installed (pip install -e '.[test]')")
+    port = free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", str(threads),
+           "-w", str(workers), "-b", f"127.0.0.1:{port}", "--chdir", HERE,
+           "--graceful-timeout", "3", "--timeout", "60", "--log-level", "warning",
+           *extra, app_ref]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+
+
+def _has_module(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+class SSEReader:
+    """A minimal test-side SSE reader over http.client (independent of
+    gosse.client): GET a stream, then read events with timeouts."""
+
+    def __init__(self, url, headers=None, timeout=10.0):
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        self.conn.request("GET", path, headers={"Accept": "text/event-stream",
+                                                **(headers or {})})
+        self.sock = self.conn.sock  # http.client drops it on Connection: close
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.headers = self.response.headers
+        self.parser = EventStreamParser()
+        self.events = []
+        self.raw = bytearray()
+        self.eof = False
+
+    def read_some(self):
+        chunk = self.response.read1(65536)
+        if not chunk:
+            self.eof = True
+        self.raw += chunk
+        self.events.extend(self.parser.feed(chunk))
+        return chunk
+
+    def wait_events(self, n, timeout=10.0):
+        """Read until ``n`` events in total have arrived; return them."""
+        deadline = time.monotonic() + timeout
+        while len(self.events) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.eof:
+                raise TimeoutError(f"got {len(self.events)} of {n} events"
+                                   f"{' (EOF)' if self.eof else ''}")
+            self.sock.settimeout(left)
+            self.read_some()
+        return self.events[:n]
+
+    def read_until_eof(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("stream did not end")
+            self.sock.settimeout(left)
+            self.read_some()
+        return self.events
+
+    def close(self):
+        self.response.close()
+        self.conn.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
