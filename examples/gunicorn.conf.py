@@ -1,0 +1,18 @@
+"""gunicorn settings for SSE with gosse:
+
+    gunicorn -c examples/gunicorn.conf.py --chdir examples broadcast_message:app
+
+Each open stream holds one thread of the gthread worker, so ``threads`` is
+the number of concurrent streams (plus ordinary requests) one worker serves.
+One worker per broker unless a Redis backplane joins the workers.
+"""
+worker_class = "gthread"
+workers = 1
+threads = 200
+# gthread's --timeout is the worker heartbeat, not a request timeout: a
+# streaming response does not trip it.  Keep the default or larger.
+timeout = 60
+graceful_timeout = 5          # streams are ended by broker.close() on shutdown
+keepalive = 5
+worker_connections = 2000
+bind = "127.0.0.1:8080"

@@ -1,0 +1,1 @@
+"""Framework integrations: :mod:`gosse.contrib.flask`, :mod:`gosse.contrib.django`."""
