@@ -1,0 +1,328 @@
+"""The demo page in a real browser: headless Chromium, driven through the
+DevTools protocol (a minimal stdlib WebSocket client below), loads the page
+from ``gosse demo``; events published over HTTP must show up in its DOM.
+
+Skipped when Chromium is not installed, except under CI (``CI`` set), where
+``.ci/run`` installs it and a missing browser is a failure.
+"""
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from test_demo import DemoProcess
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+
+
+def find_chromium():
+    for name in CHROMIUM_CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+CHROMIUM = find_chromium()
+
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("Chromium is required under CI (Debian: apt-get install chromium)")
+    pytest.skip("Chromium is not installed", allow_module_level=True)
+
+
+class WebSocket:
+    """Just enough of RFC 6455 for the DevTools protocol: text messages,
+    client-side masking, fragmented and long frames, ping/pong, close."""
+
+    GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    def __init__(self, url, timeout=10.0):
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16))
+        self.sock.sendall(
+            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            .encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status = head.split(b"\r\n", 1)[0]
+        if b" 101 " not in status + b" ":
+            raise ConnectionError(f"WebSocket handshake refused: {head!r}")
+        accept = base64.b64encode(hashlib.sha1(key + self.GUID).digest())
+        if accept not in head:
+            raise ConnectionError("bad Sec-WebSocket-Accept")
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("WebSocket closed by the browser")
+        self.buf += chunk
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def _send_frame(self, opcode, payload):
+        header = bytes([0x80 | opcode])
+        n = len(payload)
+        if n < 126:
+            header += bytes([0x80 | n])
+        elif n < 1 << 16:
+            header += bytes([0x80 | 126]) + struct.pack("!H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack("!Q", n)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def send(self, text):
+        self._send_frame(0x1, text.encode("utf-8"))
+
+    def recv(self, timeout):
+        """The next text message (TimeoutError if none within ``timeout``)."""
+        self.sock.settimeout(timeout)
+        message = b""
+        try:
+            while True:
+                b0, b1 = self._take(2)
+                opcode, n = b0 & 0x0F, b1 & 0x7F
+                if n == 126:
+                    n = struct.unpack("!H", self._take(2))[0]
+                elif n == 127:
+                    n = struct.unpack("!Q", self._take(8))[0]
+                mask = self._take(4) if b1 & 0x80 else None
+                payload = self._take(n)
+                if mask:
+                    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                if opcode == 0x8:
+                    raise ConnectionError("WebSocket closed by the browser")
+                if opcode == 0x9:
+                    self._send_frame(0xA, payload)
+                    continue
+                if opcode in (0x0, 0x1, 0x2):
+                    message += payload
+                    if b0 & 0x80:
+                        return message.decode("utf-8")
+        except socket.timeout:
+            raise TimeoutError("no DevTools message in time") from None
+
+    def close(self):
+        try:
+            self._send_frame(0x8, b"")
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class DevTools:
+    """Commands to one page target over the DevTools protocol."""
+
+    def __init__(self, ws_url):
+        self.ws = WebSocket(ws_url)
+        self.next_id = 0
+
+    def call(self, method, timeout=10.0, **params):
+        self.next_id += 1
+        msg_id = self.next_id
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer to {method}")
+            reply = json.loads(self.ws.recv(left))
+            if reply.get("id") == msg_id:  # anything else is an event: ignored
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def evaluate(self, expression):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression, timeout=10.0, what=None):
+        """Poll ``expression`` in the page until it is truthy; return its value."""
+        deadline = time.monotonic() + timeout
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
+        while True:
+            value = self.evaluate(guarded)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for "
+                                     f"{what or expression}; page state: {self.snapshot()}")
+            time.sleep(0.05)
+
+    def snapshot(self):
+        try:
+            return self.evaluate(SNAPSHOT)
+        except RuntimeError as exc:  # e.g. the page is not loaded yet
+            return f"(no snapshot: {exc})"
+
+    def close(self):
+        self.ws.close()
+
+
+# The page's state as plain data: connection state, clock, and the list rows.
+SNAPSHOT = """JSON.stringify({
+  state: document.getElementById("state").textContent,
+  clock: document.getElementById("clock").textContent,
+  lastId: document.getElementById("last-id").textContent,
+  rows: Array.from(document.querySelectorAll("#events li")).map(li => ({
+    type: li.dataset.type, id: li.dataset.id,
+    data: li.querySelector(".data").textContent,
+    elements: li.querySelector(".data").children.length})),
+  images: document.images.length,
+  pwned: window.__pwned === true,
+})"""
+
+
+PAGE_LOADED = ('document.readyState === "complete" && '
+               'document.getElementById("events") !== null')
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Start headless Chromium on a page; yield open(url) -> DevTools."""
+    procs = []
+    tools = []
+
+    def open_page(url):
+        profile = tmp_path / f"profile{len(procs)}"
+        profile.mkdir()
+        proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--no-default-browser-check",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--disable-extensions", "--mute-audio",
+             f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
+             "--remote-debugging-port=0", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        procs.append(proc)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while True:
+            if port_file.exists():
+                lines = port_file.read_text().split("\n")
+                if lines and lines[0].strip().isdigit():
+                    port = int(lines[0])
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(f"chromium exited with {proc.returncode}: "
+                                   f"{proc.stderr.read()[-2000:]!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("chromium wrote no DevToolsActivePort in 30 s")
+            time.sleep(0.05)
+        page = None
+        while page is None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list",
+                                        timeout=10) as r:
+                targets = json.load(r)
+            page = next((t for t in targets if t.get("type") == "page"
+                         and t.get("url", "").startswith(url.split("?")[0])), None)
+            if page is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no page target for {url}: {targets}")
+                time.sleep(0.05)
+        devtools = DevTools(page["webSocketDebuggerUrl"])
+        tools.append(devtools)
+        return devtools
+
+    yield open_page
+    for devtools in tools:
+        devtools.close()
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # its own session: only the browser we started
+            proc.wait(5)
+        proc.stderr.close()
+
+
+@pytest.fixture
+def demo():
+    d = DemoProcess("--port", "0", "--quiet")
+    yield d
+    d.kill()
+
+
+def page_rows(devtools):
+    return json.loads(devtools.snapshot())["rows"]
+
+
+def test_published_events_appear_in_the_page(browser, demo):
+    page = browser(demo.url + "?types=news")
+    page.wait_for(PAGE_LOADED, what="the page to load")
+    page.wait_for('document.getElementById("state").textContent === "open"', timeout=15,
+                  what="the EventSource to open")
+    # The server clock ticks in the page.
+    page.wait_for(r'/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/.test('
+                  'document.getElementById("clock").textContent)', what="a clock tick")
+
+    token = f"t{time.monotonic_ns()}"
+    hostile = f'<img src=x onerror="window.__pwned=true"><b>{token}</b> & "quotes"'
+    r = requests.post(demo.url + "publish", data={"data": hostile}, timeout=5)
+    assert r.status_code == 200 and r.json()["delivered"] >= 1
+    r = requests.post(demo.url + "publish",
+                      json={"data": f"{token} news\nsecond line", "event": "news",
+                            "id": f"{token}-id"}, timeout=5)
+    assert r.status_code == 200
+
+    page.wait_for(f'document.getElementById("events").textContent.includes("{token} news")',
+                  what="the published events in the list")
+    state = json.loads(page.snapshot())
+    rows = {row["data"]: row for row in state["rows"]}
+    # Shown as text, exactly as published: no markup was interpreted.
+    assert hostile in rows, state
+    assert rows[hostile]["type"] == "message" and rows[hostile]["id"].isdigit()
+    assert rows[hostile]["elements"] == 0
+    assert state["images"] == 0 and not state["pwned"]
+    news = rows[f"{token} news\nsecond line"]
+    assert (news["type"], news["id"]) == ("news", f"{token}-id")
+    assert state["lastId"] and state["state"] == "open"
+    # Newest first.
+    assert state["rows"][0]["id"] == f"{token}-id"
+
+
+def test_page_publish_form_round_trip(browser, demo):
+    """The page's own publish form posts to /publish; the event comes back
+    over the stream into the list."""
+    page = browser(demo.url)
+    page.wait_for(PAGE_LOADED, what="the page to load")
+    page.wait_for('document.getElementById("state").textContent === "open"', timeout=15,
+                  what="the EventSource to open")
+    token = f"form{time.monotonic_ns()}"
+    page.evaluate(f"""(() => {{
+        document.getElementById("publish-data").value = "{token}";
+        document.getElementById("publish-event").value = "chat";
+        document.querySelector("#publish button").click();
+    }})()""")
+    page.wait_for(f'Array.from(document.querySelectorAll("#events li"))'
+                  f'.some(li => li.dataset.type === "chat" && '
+                  f'li.querySelector(".data").textContent === "{token}")',
+                  what="the event published by the page's form")
+    result = page.wait_for('document.getElementById("publish-result").textContent',
+                           what="the form's result line")
+    assert re.fullmatch(r"sent to [1-9]\d* streams?", result), result

@@ -1,0 +1,340 @@
+"""``gosse demo``: the demo app in-process, and the command as a subprocess
+(Werkzeug by default, ``--gunicorn``) exercised over HTTP."""
+import datetime
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+
+from gosse import Broker, Event
+from gosse.demo import CLOCK_EVENT, MAX_BODY_BYTES, create_app
+from servers import ROOT, SSEReader, free_port, wait_for_port, werkzeug_server
+
+START_TIMEOUT = 20.0
+
+
+def child_env():
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + path if path else ""),
+            "PYTHONUNBUFFERED": "1"}
+
+
+class DemoProcess:
+    """``python -m gosse demo ARGS`` in a subprocess.  Its stdout lines are
+    read by a thread (so the pipe never fills); stderr goes to a file."""
+
+    def __init__(self, *args, wait_url=True):
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gosse", "demo", *args], cwd=ROOT, env=child_env(),
+            stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.lines = queue.Queue()
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+        self.url = None
+        if wait_url:
+            try:
+                first = self.next_line(START_TIMEOUT)
+                match = re.search(r"serving (http://\S+/) ", first)
+                assert match, f"no URL in the banner: {first!r}"
+                self.url = match.group(1)
+            except BaseException:
+                self.kill()
+                raise
+
+    def _read_stdout(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def next_line(self, timeout=10.0):
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no output in {timeout} s; stderr: {self.stderr_text()}")
+        if line is None:
+            raise RuntimeError(f"demo exited ({self.proc.poll()}); stderr: "
+                               f"{self.stderr_text()}")
+        return line
+
+    def stderr_text(self):
+        self.stderr.seek(0)
+        return self.stderr.read().decode("utf-8", "replace")
+
+    def stop(self, sig=signal.SIGINT, timeout=10.0):
+        """Send ``sig`` and return the exit status (TimeoutError if it hangs)."""
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"demo still running {timeout} s after signal {sig}; "
+                               f"stderr: {self.stderr_text()}") from None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc.stdout.close()
+        self._reader.join(5)
+        self.stderr.close()
+
+
+@pytest.fixture
+def start_demo():
+    """Factory: start_demo(*args) -> DemoProcess, killed after the test."""
+    started = []
+
+    def start(*args, **kw):
+        demo = DemoProcess(*args, **kw)
+        started.append(demo)
+        return demo
+
+    yield start
+    for demo in started:
+        demo.kill()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """One ``gosse demo --port 0`` shared by the tests that only read and publish."""
+    d = DemoProcess("--port", "0")
+    yield d
+    d.kill()
+
+
+def next_event(reader, predicate, timeout=10.0):
+    """Read ``reader`` until an event satisfies ``predicate``; return it.
+    Events already looked at are skipped on the next call."""
+    deadline = time.monotonic() + timeout
+    start = getattr(reader, "_seen", 0)
+    while True:
+        for i in range(start, len(reader.events)):
+            if predicate(reader.events[i]):
+                reader._seen = i + 1
+                return reader.events[i]
+        start = len(reader.events)
+        left = deadline - time.monotonic()
+        if left <= 0 or reader.eof:
+            raise TimeoutError(f"no matching event in {timeout} s; got {reader.events!r}"
+                               f"{' (EOF)' if reader.eof else ''}")
+        reader.sock.settimeout(left)
+        reader.read_some()
+
+
+def not_clock(event):
+    return event.event != CLOCK_EVENT
+
+
+def wait_sessions(url, n, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = requests.get(url + "stats", timeout=5).json()
+        if stats["sessions"] >= n:
+            return stats
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"expected {n} sessions, stats: {stats}")
+        time.sleep(0.02)
+
+
+# -- the demo app in-process ---------------------------------------------------
+
+@pytest.fixture
+def app_url():
+    app = create_app(clock_interval=0.2)
+    with werkzeug_server(app) as url:
+        yield app, url + "/"
+        app.close()
+
+
+def test_app_routes(app_url):
+    app, url = app_url
+    page = requests.get(url, timeout=5)
+    assert page.status_code == 200
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "script-src" not in page.headers["Content-Security-Policy"]  # default-src 'self'
+    assert "'self'" in page.headers["Content-Security-Policy"]
+    assert '<ol id="events">' in page.text and 'src="static/demo.js"' in page.text
+    js = requests.get(url + "static/demo.js", timeout=5)
+    assert js.status_code == 200 and "javascript" in js.headers["Content-Type"]
+    assert "innerHTML" not in js.text  # event text goes in as textContent only
+    assert requests.get(url + "static/demo.css", timeout=5).status_code == 200
+    assert requests.get(url + "static/../demo.py", timeout=5).status_code == 404
+    assert requests.get(url + "nope", timeout=5).status_code == 404
+    head = requests.head(url + "sse", timeout=5)  # headers only, no session
+    assert head.status_code == 200 and head.headers["Content-Type"].startswith(
+        "text/event-stream")
+    r = requests.get(url + "publish", timeout=5)
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    assert requests.post(url + "stats", timeout=5).status_code == 405
+    assert app.broker.stats()["sessions_total"] == 0
+
+
+def test_app_publish_validation(app_url):
+    app, url = app_url
+    r = requests.post(url + "publish", data={"event": "x"}, timeout=5)
+    assert r.status_code == 400 and '"data"' in r.text
+    r = requests.post(url + "publish", json={"event": "x"}, timeout=5)
+    assert r.status_code == 400 and '"data"' in r.text
+    r = requests.post(url + "publish", json=["data"], timeout=5)
+    assert r.status_code == 400 and "JSON object" in r.text
+    r = requests.post(url + "publish", data=b"{not json",
+                      headers={"Content-Type": "application/json"}, timeout=5)
+    assert r.status_code == 400
+    r = requests.post(url + "publish", json={"data": "x", "event": 5}, timeout=5)
+    assert r.status_code == 400 and "event" in r.text
+    r = requests.post(url + "publish", data={"data": "x" * (MAX_BODY_BYTES + 1)}, timeout=5)
+    assert r.status_code == 413
+    r = requests.post(url + "publish", data={"data": ""}, timeout=5)
+    assert r.status_code == 200 and r.json() == {"delivered": 0}
+
+
+def test_app_close_ends_streams_and_clock(app_url):
+    app, url = app_url
+    with SSEReader(url + "sse") as reader:
+        tick = next_event(reader, lambda e: e.event == CLOCK_EVENT, timeout=5)
+        assert tick.id  # auto_id: every event is resumable
+        app.close()
+        reader.read_until_eof(5)
+    assert not any(t.name == "gosse-demo-clock" for t in threading.enumerate())
+    r = requests.get(url + "sse", timeout=5)
+    assert r.status_code == 503
+    assert requests.post(url + "publish", data={"data": "x"}, timeout=5).status_code == 503
+
+
+def test_app_with_own_broker():
+    broker = Broker(history=10, auto_id=True, heartbeat_interval=0.2)
+    app = create_app(broker, clock_interval=0)  # no clock
+    with werkzeug_server(app) as url:
+        with SSEReader(url + "/sse?client=me") as reader:
+            assert wait_sessions(url + "/", 1)["clients"] == 1
+            assert broker.is_client_present("me")
+            requests.post(url + "/publish", data={"data": "x"}, timeout=5)
+            assert reader.wait_events(1)[0].data == "x"
+        app.close()
+    assert app._clock is None
+
+
+# -- gosse demo as a subprocess --------------------------------------------------
+
+def test_demo_serves_page_and_stats(demo):
+    assert demo.url.startswith("http://127.0.0.1:")
+    page = requests.get(demo.url, timeout=5)
+    assert page.status_code == 200 and "gosse demo" in page.text
+    stats = requests.get(demo.url + "stats", timeout=5)
+    assert stats.headers["Content-Type"] == "application/json"
+    assert set(stats.json()) >= {"clients", "sessions", "queued", "events_delivered",
+                                 "sessions_dropped_slow", "sessions_total"}
+
+
+def test_demo_publish_form_and_json_reach_the_stream(demo):
+    with SSEReader(demo.url + "sse") as reader:
+        before = wait_sessions(demo.url, 1)
+        r = requests.post(demo.url + "publish",
+                          data={"data": "from a form\nline 2", "event": "news", "id": "f-1"},
+                          timeout=5)
+        assert r.status_code == 200 and r.json()["delivered"] >= 1
+        e = next_event(reader, not_clock)
+        assert (e.event, e.data, e.id) == ("news", "from a form\nline 2", "f-1")
+        r = requests.post(demo.url + "publish", json={"data": "from JSON <b>"}, timeout=5)
+        assert r.status_code == 200
+        e = next_event(reader, not_clock)
+        assert (e.event, e.data) == ("message", "from JSON <b>")
+        assert e.id.isdigit()  # numbered by the broker
+        requests.post(demo.url + "publish", json={"data": {"n": 1}, "event": "j"}, timeout=5)
+        assert next_event(reader, not_clock).data == '{"n":1}'
+        stats = requests.get(demo.url + "stats", timeout=5).json()
+        assert stats["events_delivered"] >= before["events_delivered"] + 3
+
+
+def test_demo_publish_without_data_is_400(demo):
+    r = requests.post(demo.url + "publish", data={"event": "news"}, timeout=5)
+    assert r.status_code == 400
+    assert r.text.startswith('missing field "data"')
+    r = requests.post(demo.url + "publish", json={}, timeout=5)
+    assert r.status_code == 400 and '"data"' in r.text
+
+
+def test_demo_clock_ticks(demo):
+    with SSEReader(demo.url + "sse") as reader:
+        first = next_event(reader, lambda e: e.event == CLOCK_EVENT, timeout=3)
+        second = next_event(reader, lambda e: e.event == CLOCK_EVENT, timeout=3)
+    t1 = datetime.datetime.fromisoformat(first.data)
+    t2 = datetime.datetime.fromisoformat(second.data)
+    assert 0.5 <= (t2 - t1).total_seconds() <= 2
+    assert int(second.id) > int(first.id)
+
+
+def test_demo_resumes_from_last_event_id(demo):
+    ids = []
+    for i in range(3):
+        requests.post(demo.url + "publish", data={"data": f"r{i}", "id": f"resume-{i}"},
+                      timeout=5).raise_for_status()
+        ids.append(f"resume-{i}")
+    with SSEReader(demo.url + "sse", headers={"Last-Event-ID": "resume-0"}) as reader:
+        got = [next_event(reader, not_clock).data for _ in range(2)]
+    assert got == ["r1", "r2"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_demo_signal_ends_streams_and_exits_0(start_demo, sig):
+    d = start_demo("--port", "0", "--quiet")
+    with SSEReader(d.url + "sse") as reader:
+        next_event(reader, lambda e: e.event == CLOCK_EVENT, timeout=3)
+        t0 = time.monotonic()
+        d.proc.send_signal(sig)
+        reader.read_until_eof(3)  # the stream ends cleanly (chunked end, no reset)
+    assert d.proc.wait(5) == 0
+    assert time.monotonic() - t0 < 3
+    err = d.stderr_text()
+    assert "gosse demo: stopped" in err and "Traceback" not in err
+
+
+def test_demo_port_in_use_fails(demo, start_demo):
+    port = demo.url.rsplit(":", 1)[1].strip("/")
+    d = start_demo("--port", port, wait_url=False)
+    assert d.proc.wait(15) == 1
+    assert "in use" in d.stderr_text()
+
+
+def test_demo_threads_needs_gunicorn(start_demo):
+    d = start_demo("--threads", "4", wait_url=False)
+    assert d.proc.wait(15) == 2
+    assert "--threads needs --gunicorn" in d.stderr_text()
+
+
+def test_demo_gunicorn(start_demo):
+    port = free_port()
+    d = start_demo("--gunicorn", "--port", str(port), "--threads", "8")
+    assert d.url == f"http://127.0.0.1:{port}/"
+    lines = [d.next_line() for _ in range(6)]  # the rest of the banner
+    running = [line for line in lines if "running:" in line]
+    assert running and "-k gthread --threads 8 -w 1" in running[0]
+    wait_for_port(port, d.proc)
+    with SSEReader(d.url + "sse") as reader:
+        assert reader.status == 200 and reader.headers["Server"].startswith("gunicorn")
+        wait_sessions(d.url, 1)
+        requests.post(d.url + "publish", json={"data": "via gunicorn"},
+                      timeout=5).raise_for_status()
+        assert next_event(reader, not_clock).data == "via gunicorn"
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        reader.read_until_eof(3)  # the worker hook ends the streams at once
+        assert time.monotonic() - t0 < 2
+    assert d.proc.wait(10) == 0
+    assert "Traceback" not in d.stderr_text()
+
+
+def test_demo_help():
+    out = subprocess.run([sys.executable, "-m", "gosse", "demo", "--help"], cwd=ROOT,
+                         env=child_env(), capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0
+    for option in ("--host", "--port", "--gunicorn", "--threads"):
+        assert option in out.stdout
