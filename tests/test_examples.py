@@ -79,3 +79,26 @@ def test_gunicorn_conf_and_django_project():
             assert requests.get(f"{url}/broadcast?data=dj", timeout=5).text.startswith("sent to 1")
             [e] = r.wait_events(1)
             assert (e.data, e.id) == ("dj", "1")
+
+
+def test_signed_cookie_auth(run_example):
+    url = run_example("signed_cookie_auth.py", SECRET_KEY="test-secret")
+    assert requests.get(f"{url}/sse", timeout=5).status_code == 401
+    alice, bob = requests.Session(), requests.Session()
+    assert alice.get(f"{url}/login?user=alice", timeout=5).ok
+    assert bob.get(f"{url}/login?user=bob", timeout=5).ok
+    assert bob.get(f"{url}/sse?topics=staff", timeout=5).status_code == 403
+    forged = {"Cookie": "session=eyJ1c2VyIjoiYWxpY2UifQ.forged.sig"}
+    assert requests.get(f"{url}/sse", headers=forged, timeout=5).status_code == 401
+
+    def cookie(s):
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in s.cookies.items())}
+
+    with SSEReader(f"{url}/sse?topics=news", headers=cookie(alice)) as ra, \
+            SSEReader(f"{url}/sse?topics=news", headers=cookie(bob)) as rb:
+        assert ra.status == rb.status == 200
+        assert requests.post(f"{url}/notify/alice", data={"data": "for alice"},
+                             timeout=5).ok
+        assert requests.post(f"{url}/news", data={"data": "n"}, timeout=5).text == "2\n"
+        assert [e.data for e in ra.wait_events(2)] == ["for alice", "n"]
+        assert [e.data for e in rb.wait_events(1)] == ["n"]  # never alice's private event
