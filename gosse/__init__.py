@@ -3,6 +3,7 @@ from .errors import (BrokerClosedError, EventError, EventStreamError, FeedClosed
                      FeedConnectionError, FeedError, ResponseError, SessionLimitError,
                      SSEError, StreamingUnsupportedError, UnknownClientError)
 from .broker import Broker, ClientConnection, Refusal
+from .client import SSEFeed, Subscription, connect_with_sse_feed
 from .event import Event, JSONEvent
 from .parser import EventStreamParser
 
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Broker", "ClientConnection", "Refusal",
+    "connect_with_sse_feed", "SSEFeed", "Subscription",
     "Event", "JSONEvent", "EventStreamParser",
     "SSEError", "EventError", "EventStreamError", "StreamingUnsupportedError",
     "UnknownClientError", "BrokerClosedError", "SessionLimitError",

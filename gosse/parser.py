@@ -38,7 +38,9 @@ class EventStreamParser:
 
     A line longer than ``max_line_bytes`` raises
     :class:`~gosse.errors.EventStreamError`; buffered memory stays within that
-    bound plus one chunk.  After an error the parser should be discarded.
+    bound plus one chunk.  The events completed by the same chunk before the
+    overlong line are on the error's ``events`` list.  After an error the
+    parser should be discarded.
     """
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
@@ -90,7 +92,7 @@ class EventStreamParser:
                 self._pending.append(chunk)
                 self._pending_len += len(chunk)
                 if self._pending_len > self.max_line_bytes:
-                    self._too_long(self._pending_len)
+                    self._too_long(self._pending_len, [])
             return []
         end += 1
         head = chunk if end == len(chunk) else chunk[:end]
@@ -99,16 +101,30 @@ class EventStreamParser:
             head = b"".join(self._pending)
             self._pending = []
             self._pending_len = 0
+        too_long = 0
         if end < len(chunk):
             tail = chunk[end:]
-            self._pending.append(tail)
-            self._pending_len = len(tail)
-            if self._pending_len > self.max_line_bytes:
-                self._too_long(self._pending_len)
+            if len(tail) > self.max_line_bytes:
+                too_long = len(tail)
+            else:
+                self._pending.append(tail)
+                self._pending_len = len(tail)
         if len(head) > self.max_line_bytes:
-            longest = max(map(len, head.splitlines()))
-            if longest > self.max_line_bytes:
-                self._too_long(longest)
+            # Rare: find the first overlong line; parse only what precedes it.
+            lines = head.splitlines(keepends=True)
+            for i, line in enumerate(lines):
+                length = len(line.rstrip(b"\r\n"))
+                if length > self.max_line_bytes:
+                    head = b"".join(lines[:i])
+                    too_long = length
+                    self._skip_lf = False
+                    break
+        events = self._parse(head) if head else []
+        if too_long:
+            self._too_long(too_long, events)
+        return events
+
+    def _parse(self, head: bytes) -> List[Event]:
         text = head.decode("utf-8", "replace")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -151,9 +167,11 @@ class EventStreamParser:
         self._id = id_buffer
         return events
 
-    def _too_long(self, length: int) -> None:
+    def _too_long(self, length: int, events: List[Event]) -> None:
         self._pending = []
         self._pending_len = 0
-        raise EventStreamError(
+        error = EventStreamError(
             f"event stream line of {length} bytes or more exceeds max_line_bytes="
             f"{self.max_line_bytes}; raise the limit if this stream is legitimate")
+        error.events = events
+        raise error

@@ -176,3 +176,14 @@ def test_many_small_feeds_of_a_long_line_are_linear():
 def test_bad_max_line_bytes(bad):
     with pytest.raises(ValueError):
         EventStreamParser(max_line_bytes=bad)
+
+
+def test_events_before_an_overlong_line_are_on_the_error():
+    p = EventStreamParser(max_line_bytes=16)
+    with pytest.raises(EventStreamError) as info:
+        p.feed(b"data: a\n\ndata: b\n\ndata: " + b"x" * 40 + b"\n\n")
+    assert [e.data for e in info.value.events] == ["a", "b"]
+    p = EventStreamParser(max_line_bytes=16)
+    with pytest.raises(EventStreamError) as info:
+        p.feed(b"data: a\n\n" + b"y" * 40)  # overlong unfinished tail
+    assert [e.data for e in info.value.events] == ["a"]
