@@ -2,6 +2,7 @@
 (Werkzeug's server) and by gunicorn (``broker_app:app``)."""
 import json
 import os
+import threading
 
 from werkzeug.wrappers import Request, Response
 
@@ -25,6 +26,8 @@ def make_app(broker):
             n = broker.publish(path[len("/publish/"):], event)
         elif path == "/stats":
             return Response(json.dumps(broker.stats()), mimetype="application/json")
+        elif path == "/process":
+            return Response(json.dumps(process_stats()), mimetype="application/json")
         else:
             return Response("not found", status=404)
         return Response(str(n))
@@ -40,7 +43,27 @@ def make_app(broker):
     return app
 
 
+def process_stats():
+    """This process's threads, open fds and RSS, and the disconnect callback's
+    bookkeeping (calls, distinct sessions)."""
+    with open("/proc/self/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return {"pid": os.getpid(), "threads": threading.active_count(),
+            "fds": len(os.listdir("/proc/self/fd")), "rss_kib": rss_kib,
+            "disconnects": DISCONNECTS["calls"], "distinct_disconnects": len(DISCONNECTS["seen"])}
+
+
+# Session ids are hashed into a set of ints to count distinct calls without
+# the bookkeeping itself growing the heap much.
+DISCONNECTS = {"calls": 0, "seen": set()}
+
+
+def _disconnected(client_id, session_id):
+    DISCONNECTS["calls"] += 1
+    DISCONNECTS["seen"].add(hash(session_id))
+
 broker = Broker(heartbeat_interval=float(os.environ.get("GOSSE_TEST_HEARTBEAT", "15")),
                 history=int(os.environ.get("GOSSE_TEST_HISTORY", "0")),
                 queue_size=int(os.environ.get("GOSSE_TEST_QUEUE", "1024")))
+broker.set_disconnect_callback(_disconnected)
 app = make_app(broker)
