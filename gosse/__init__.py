@@ -1,5 +1,5 @@
 """gosse: Server-Sent Events for synchronous, thread-based Python."""
-from .errors import (BrokerClosedError, EventError, EventStreamError, FeedClosedError,
+from .errors import (BackplaneError, BrokerClosedError, EventError, EventStreamError, FeedClosedError,
                      FeedConnectionError, FeedError, ResponseError, SessionLimitError,
                      SSEError, StreamingUnsupportedError, UnknownClientError)
 from .broker import Broker, ClientConnection, Refusal
@@ -16,4 +16,5 @@ __all__ = [
     "SSEError", "EventError", "EventStreamError", "StreamingUnsupportedError",
     "UnknownClientError", "BrokerClosedError", "SessionLimitError",
     "FeedError", "FeedConnectionError", "ResponseError", "FeedClosedError",
+    "BackplaneError",
 ]

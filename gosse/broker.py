@@ -14,7 +14,10 @@
 
 Each open stream occupies one server thread (gunicorn ``-k gthread``,
 Werkzeug's threaded server), blocked on its own queue; the broker itself
-starts no thread.
+starts no thread.  With a shared backplane
+(``Broker(backplane=RedisBackplane(url))``, see :mod:`gosse.backplane`)
+events, presence, metadata and replay span every process attached to it;
+the backplane runs a listener and a heartbeat thread per process.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Tupl
                     Union)
 from urllib.parse import parse_qs
 
+from .backplane import Backplane, InProcessBackplane
 from .errors import BrokerClosedError, SSEError, UnknownClientError
 from .event import Event, encode_comment
 from .stream import ENDED_BY_APP, ENDED_BY_BROKER, ENDED_SLOW, SessionStream
@@ -41,6 +45,17 @@ log = logging.getLogger("gosse.broker")
 #: may have been missed and the client should reload its state.  Its data is
 #: the ``Last-Event-ID`` the client sent.
 RESET_EVENT = "gosse-reset"
+
+#: A ``Last-Event-ID`` longer than this (UTF-8 bytes) is not echoed back in
+#: the reset event's data: a stream is not an amplifier.
+RESET_ECHO_MAX = 256
+
+
+def reset_event(last_id: str) -> Event:
+    """The :data:`RESET_EVENT` a stream starts with when ``last_id`` cannot
+    be resumed from (its data is the id, if at most 256 bytes)."""
+    echo = last_id if len(last_id.encode("utf-8", "replace")) <= RESET_ECHO_MAX else ""
+    return Event(echo, event=RESET_EVENT)
 
 _STREAM_HEADERS = [
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -157,6 +172,17 @@ class Broker:
     * ``max_connection_age``: seconds (with up to 10 % jitter below) after
       which a stream ends cleanly so the client reconnects, freeing threads
       and rebalancing load.
+    * ``backplane``: what carries events, presence, metadata and replay
+      history beyond this broker; None is the in-process default
+      (:class:`gosse.backplane.InProcessBackplane`).  With
+      :class:`gosse.backplane.redis.RedisBackplane` every process on the
+      same Redis delivers ``broadcast``/``send``/``publish`` to its own
+      sessions in one global order, the replay history is the backplane's
+      (``Broker(history=...)`` is not used) and ``auto_id`` ids are the
+      stream's.  Delivery is then asynchronous: those methods return the
+      number of sessions *of this process* the event is addressed to, and
+      raise :class:`gosse.backplane.BackplaneError` when the backplane is
+      unreachable.  ``close()`` closes the backplane too.
     """
 
     def __init__(self, headers: Optional[Mapping[str, str]] = None, *,
@@ -197,9 +223,21 @@ class Broker:
         self._closed = False
         self._counts = {"events_delivered": 0, "sessions_dropped_slow": 0,
                         "sessions_total": 0}
-        if backplane is not None:
-            raise NotImplementedError("backplanes other than the in-process default "
-                                      "are not available yet")
+        if backplane is None:
+            backplane = InProcessBackplane()
+        elif not isinstance(backplane, Backplane):
+            raise TypeError("backplane must be a gosse.backplane.Backplane "
+                            f"(e.g. RedisBackplane), not {type(backplane).__name__}")
+        backplane.bind(self)
+        self._backplane = backplane
+        self._shared = bool(backplane.shared)
+        if self._shared:
+            self._history = None   # the backplane keeps the history
+
+    @property
+    def backplane(self) -> Backplane:
+        """The backplane this broker publishes through."""
+        return self._backplane
 
     # -- sessions ----------------------------------------------------------
 
@@ -240,6 +278,11 @@ class Broker:
         session_id = str(uuid.uuid4())
         conn = ClientConnection(self, client_id, session_id, stream, topics, self.headers)
         last_id = _last_event_id(environ)
+        shared = self._shared
+        resume = None
+        if shared:
+            # May talk to Redis: outside the lock.
+            resume = self._backplane.prepare_replay(last_id)
         with self._lock:
             if self._closed:
                 raise BrokerClosedError("the broker is closed; it accepts no new streams")
@@ -247,12 +290,21 @@ class Broker:
             if refusal is not None:
                 return refusal
             self._sessions[stream] = conn
-            self._clients.setdefault(client_id, {})[session_id] = conn
+            sessions = self._clients.get(client_id)
+            first = sessions is None
+            if first:
+                sessions = self._clients[client_id] = {}
+            sessions[session_id] = conn
             for topic in topics:
                 self._topics.setdefault(topic, {})[stream] = None
             self._counts["sessions_total"] += 1
-            if last_id is not None and self._history is not None:
+            if shared:
+                if resume is not None:
+                    self._backplane.complete_replay(conn, resume)
+            elif last_id is not None and self._history is not None:
                 self._replay(conn, last_id)
+        if shared and first:
+            self._backplane.client_joined(client_id)
         return conn
 
     def _over_limit(self, client_id: str) -> Optional[Refusal]:
@@ -276,7 +328,7 @@ class Broker:
                 start = i + 1
                 break
         if start is None:
-            missed = [Event(last_id, event=RESET_EVENT).encode()]
+            missed = [reset_event(last_id).encode()]
         else:
             missed = [wire for _, target, wire in list(history)[start:]
                       if self._entitled(conn, target)]
@@ -290,6 +342,7 @@ class Broker:
 
     def _stream_closed(self, stream: SessionStream) -> None:
         # SessionStream.close() calls this exactly once per session.
+        last = False
         with self._lock:
             conn = self._sessions.pop(stream, None)
             if conn is None:
@@ -300,6 +353,7 @@ class Broker:
                 if not sessions:
                     del self._clients[conn.id]
                     self._metadata.pop(conn.id, None)
+                    last = True
             for topic in conn.topics:
                 members = self._topics.get(topic)
                 if members is not None:
@@ -309,6 +363,11 @@ class Broker:
             if stream.end_reason == ENDED_SLOW:
                 self._counts["sessions_dropped_slow"] += 1
             callback = self._on_disconnect
+        if last and self._shared:
+            try:
+                self._backplane.client_left(conn.id)
+            except Exception:
+                log.exception("backplane failed to record that client %r left", conn.id)
         conn.done.set()
         if callback is not None:
             try:
@@ -322,11 +381,15 @@ class Broker:
     def broadcast(self, event: Event) -> int:
         """Send ``event`` to every open session.  Returns the number of
         sessions it was queued for.  Never blocks on a slow reader."""
+        if self._shared:
+            return self._backplane.publish(("all", None), event)
         return self._deliver(("all", None), event)
 
     def send(self, client_id: str, event: Event) -> int:
         """Send ``event`` to every session of ``client_id``; raise
         :class:`UnknownClientError` if it has none."""
+        if self._shared:
+            return self._backplane.publish(("client", client_id), event)
         n = self._deliver(("client", client_id), event)
         if n == 0 and client_id not in self._clients:
             raise UnknownClientError(client_id)
@@ -337,6 +400,8 @@ class Broker:
         the number of sessions reached (0 if nobody listens)."""
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        if self._shared:
+            return self._backplane.publish(("topic", topic), event)
         return self._deliver(("topic", topic), event)
 
     def _deliver(self, target: Target, event: Event) -> int:
@@ -366,6 +431,43 @@ class Broker:
             self._counts["events_delivered"] += n
         return n
 
+    def _put_batch(self, batch: List[Tuple[Any, str, Optional[str], bytes]],
+                   floors: Optional[Dict[SessionStream, Any]]) -> int:
+        """Under ``self._lock``: queue already-encoded events, in order, for
+        the local sessions each one targets (a shared backplane's listener
+        delivers a batch of entries per lock).  ``batch`` holds
+        ``(position, kind, name, wire)``; ``floors`` maps a stream resuming
+        ahead of this process to the position up to which it must skip."""
+        sessions = self._sessions
+        clients = self._clients
+        topics = self._topics
+        n = 0
+        for seq, kind, name, wire in batch:
+            if kind == "all":
+                streams = sessions
+            elif kind == "client":
+                found = clients.get(name)
+                streams = [c.stream for c in found.values()] if found else ()
+            else:
+                streams = topics.get(name, ())
+            if floors:
+                for stream in streams:
+                    floor = floors.get(stream)
+                    if floor is not None and seq <= floor:
+                        continue
+                    if stream.put(wire):
+                        n += 1
+            else:
+                for stream in streams:
+                    if stream.put(wire):
+                        n += 1
+        if floors and batch:
+            last = batch[-1][0]
+            for stream in [s for s, f in floors.items() if f <= last or s not in sessions]:
+                del floors[stream]
+        self._counts["events_delivered"] += n
+        return n
+
     def _send_session(self, conn: ClientConnection, event: Event) -> bool:
         if not isinstance(event, Event):
             raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
@@ -378,8 +480,11 @@ class Broker:
     # -- clients -----------------------------------------------------------
 
     def is_client_present(self, client_id: str) -> bool:
-        """Whether ``client_id`` has at least one open session."""
-        return client_id in self._clients
+        """Whether ``client_id`` has at least one open session (in any
+        process, with a shared backplane)."""
+        if client_id in self._clients:
+            return True
+        return self._shared and self._backplane.is_client_present(client_id)
 
     def sessions(self, client_id: str) -> List[ClientConnection]:
         """The open sessions of ``client_id`` (empty if none)."""
@@ -388,7 +493,12 @@ class Broker:
 
     def set_client_metadata(self, client_id: str, metadata: Any) -> None:
         """Attach any value to a connected client; it is dropped with the
-        client's last session.  :class:`UnknownClientError` if not connected."""
+        client's last session.  :class:`UnknownClientError` if not connected.
+        With a shared backplane the value is serialised (JSON by default)
+        and seen by every process; it is dropped with the client's last
+        session anywhere."""
+        if self._shared:
+            return self._backplane.set_client_metadata(client_id, metadata)
         with self._lock:
             if client_id not in self._clients:
                 raise UnknownClientError(client_id)
@@ -397,6 +507,8 @@ class Broker:
     def get_client_metadata(self, client_id: str) -> Any:
         """The value set by :meth:`set_client_metadata` (None if none);
         :class:`UnknownClientError` if the client is not connected."""
+        if self._shared:
+            return self._backplane.get_client_metadata(client_id)
         with self._lock:
             if client_id not in self._clients:
                 raise UnknownClientError(client_id)
@@ -417,8 +529,11 @@ class Broker:
         ``events_delivered`` (per session), ``sessions_dropped_slow``,
         ``sessions_total`` (ever opened)."""
         with self._lock:
-            return {"clients": len(self._clients), "sessions": len(self._sessions),
-                    "queued": sum(s.queued() for s in self._sessions), **self._counts}
+            stats = {"clients": len(self._clients), "sessions": len(self._sessions),
+                     "queued": sum(s.queued() for s in self._sessions), **self._counts}
+        if self._shared:
+            stats.update(self._backplane.stats())
+        return stats
 
     # -- shutdown ----------------------------------------------------------
 
@@ -446,6 +561,7 @@ class Broker:
         for conn in conns:
             if not conn.done.wait(max(0.0, deadline - time.monotonic())):
                 conn.stream.shutdown_socket()
+        self._backplane.close()
 
     def __enter__(self) -> "Broker":
         return self

@@ -21,6 +21,7 @@ __all__ = [
     "FeedConnectionError",
     "ResponseError",
     "FeedClosedError",
+    "BackplaneError",
 ]
 
 
@@ -87,3 +88,11 @@ class ResponseError(FeedError):
 
 class FeedClosedError(FeedError):
     """The feed or subscription was closed; nothing more will arrive."""
+
+
+class BackplaneError(SSEError):
+    """The backplane (e.g. Redis) is unreachable or failed: the event was not
+    published to the other processes (and, unless the backplane falls back to
+    local delivery, not delivered at all).  The underlying exception is in
+    ``__cause__``.  Sessions already open keep streaming, and
+    ``ClientConnection.send`` keeps working."""

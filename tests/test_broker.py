@@ -1,4 +1,3 @@
-import json
 import socket
 import socketserver
 import threading
@@ -77,7 +76,6 @@ def test_hop_by_hop_headers_refused():
 
 def test_passes_wsgiref_validate(served):
     broker = Broker(heartbeat_interval=0.1)
-    errors = []
 
     def app(environ, start_response):
         conn = broker.connect("v", environ)

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from gosse import Broker, Event
+from gosse import Broker
 from gosse.demo import CLOCK_EVENT, MAX_BODY_BYTES, create_app
 from servers import ROOT, SSEReader, free_port, wait_for_port, werkzeug_server
 
