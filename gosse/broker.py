@@ -26,6 +26,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple,
                     Union)
@@ -36,9 +37,21 @@ from .errors import BrokerClosedError, SSEError, UnknownClientError
 from .event import Event, encode_comment
 from .stream import ENDED_BY_APP, ENDED_BY_BROKER, ENDED_SLOW, SessionStream
 
-__all__ = ["Broker", "ClientConnection", "Refusal", "RESET_EVENT"]
+__all__ = ["Broker", "ClientConnection", "Refusal", "RESET_EVENT", "live_brokers"]
 
 log = logging.getLogger("gosse.broker")
+
+# Every Broker of this process that is not closed yet, so that a server hook
+# (gosse.contrib.gunicorn) can end all streams when the process is told to
+# stop.  Weak: registering keeps no broker alive.
+_live: "weakref.WeakSet[Broker]" = weakref.WeakSet()
+
+
+def live_brokers() -> List["Broker"]:
+    """The brokers of this process that are not closed (in creation order
+    is not guaranteed).  A process forked from one that had brokers (a
+    gunicorn worker of an app loaded with ``--preload``) has their copies."""
+    return [b for b in list(_live) if not b._closed]
 
 #: The event type a stream starts with when the ``Last-Event-ID`` it was asked
 #: to resume from is not in the broker's history (unknown, or too old): events
@@ -233,6 +246,7 @@ class Broker:
         self._shared = bool(backplane.shared)
         if self._shared:
             self._history = None   # the backplane keeps the history
+        _live.add(self)
 
     @property
     def backplane(self) -> Backplane:
@@ -553,6 +567,7 @@ class Broker:
         with self._lock:
             self._closed = True
             conns = list(self._sessions.values())
+        _live.discard(self)
         for conn in conns:
             conn.stream.end(ENDED_BY_BROKER)
             if not conn.stream.started:

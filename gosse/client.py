@@ -34,7 +34,7 @@ from requests.structures import CaseInsensitiveDict
 from .errors import (EventStreamError, FeedClosedError, FeedConnectionError, FeedError,
                      ResponseError, SSEError)
 from .event import Event
-from .parser import DEFAULT_MAX_LINE_BYTES, EventStreamParser
+from .parser import DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_BYTES, EventStreamParser
 
 __all__ = ["connect_with_sse_feed", "SSEFeed", "Subscription", "Headers"]
 
@@ -76,6 +76,7 @@ def connect_with_sse_feed(
     retry: int = 3000,
     max_backoff: float = 30.0,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_event_size: Optional[int] = DEFAULT_MAX_EVENT_SIZE,
 ) -> "SSEFeed":
     """Connect to the event stream at ``url`` and return the running
     :class:`SSEFeed` (Go: ``ConnectWithSSEFeed``).
@@ -118,12 +119,16 @@ def connect_with_sse_feed(
     * ``max_backoff``: cap, in seconds, of the jittered exponential backoff
       between consecutive failed reconnection attempts.
     * ``max_line_bytes``: longest line the parser accepts.
+    * ``max_event_size``: largest event data the parser accepts, in
+      characters (64 Mi by default; ``None``: no limit).  A line or an event
+      over its limit ends the feed with :class:`~gosse.errors.EventStreamError`
+      (reconnecting would bring the same bytes again).
     """
     return SSEFeed(url, headers, method=method, data=data, json=json, session=session,
                    timeout=timeout, read_timeout=read_timeout, reconnect=reconnect,
                    max_retries=max_retries, queue_size=queue_size,
                    last_event_id=last_event_id, retry=retry, max_backoff=max_backoff,
-                   max_line_bytes=max_line_bytes)
+                   max_line_bytes=max_line_bytes, max_event_size=max_event_size)
 
 
 class Subscription:
@@ -139,7 +144,8 @@ class Subscription:
     dropped) or when the stream ended in an orderly way with
     ``reconnect=False`` (after the queued events).  If the feed ends with an
     error (HTTP 204, a non-200 or non-event-stream answer on reconnect,
-    retries exhausted, a line over ``max_line_bytes``), iteration first
+    retries exhausted, a line over ``max_line_bytes`` or an event over
+    ``max_event_size``), iteration first
     yields the events already queued, then raises that error.
     """
 
@@ -176,11 +182,16 @@ class Subscription:
         return event
 
     def __iter__(self) -> Iterator[Event]:
+        # Take everything queued under one lock, then hand it out without
+        # the lock: one wake-up and one lock round per batch, not per event.
         while True:
-            event = self._next(None)
-            if event is None:
+            batch = self._next_batch()
+            if batch is None:
                 return
-            yield event
+            for event in batch:
+                if self._closed:
+                    return
+                yield event
 
     # sub.feed is a plain queue.Queue, so that it holds only events and works
     # like any queue; the methods below use its documented condition
@@ -209,6 +220,25 @@ class Subscription:
                     if remaining <= 0:
                         raise queue.Empty
                     q.not_empty.wait(remaining)
+
+    def _next_batch(self) -> Optional[List[Event]]:
+        """Every queued event (at least one), or ``None`` at the end."""
+        q = self.feed
+        with q.not_empty:
+            while True:
+                if self._closed:
+                    return None
+                n = q._qsize()
+                if n:
+                    get = q._get
+                    batch = [get() for _ in range(n)]
+                    q.not_full.notify()
+                    return batch
+                if self._ended:
+                    if self._error is not None:
+                        raise self._error
+                    return None
+                q.not_empty.wait()
 
     def close(self) -> None:
         """Stop receiving events; iteration ends quietly.  Idempotent."""
@@ -278,7 +308,8 @@ class SSEFeed:
                  read_timeout: Optional[float] = None, reconnect: bool = True,
                  max_retries: Optional[int] = None, queue_size: int = 1024,
                  last_event_id: str = "", retry: int = 3000, max_backoff: float = 30.0,
-                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                 max_event_size: Optional[int] = DEFAULT_MAX_EVENT_SIZE):
         if data is not None and json is not None:
             raise ValueError("pass data= or json=, not both")
         if not timeout or timeout <= 0:
@@ -297,7 +328,7 @@ class SSEFeed:
         if not isinstance(last_event_id, str) or any(c in last_event_id for c in "\r\n\0"):
             raise ValueError("last_event_id must be a str without CR, LF or NUL")
         # Checked here rather than on the first feed() call.
-        EventStreamParser(max_line_bytes)
+        EventStreamParser(max_line_bytes, max_event_size=max_event_size)
 
         #: The URL of the stream (reconnects go here, then follow redirects).
         self.url = url
@@ -317,6 +348,7 @@ class SSEFeed:
         self._server_retry: Optional[int] = None
         self._max_backoff = max_backoff
         self._max_line_bytes = max_line_bytes
+        self._max_event_size = max_event_size
 
         #: Set while a connection to the server is open.
         self.connected = threading.Event()
@@ -513,7 +545,8 @@ class SSEFeed:
         response = self._response
         if response is None:
             return None
-        parser = EventStreamParser(self._max_line_bytes, self._last_event_id)
+        parser = EventStreamParser(self._max_line_bytes, self._last_event_id,
+                                   max_event_size=self._max_event_size)
         # The reconnection time the server set outlives its connection.
         parser.retry = self._server_retry
         read = _read1_function(response.raw)

@@ -37,7 +37,8 @@ class EventError(SSEError, ValueError):
 
 class EventStreamError(SSEError):
     """The incoming byte stream broke a limit of the parser (a line longer than
-    ``max_line_bytes``).  The parser that raised it should be discarded.
+    ``max_line_bytes``, an event's data larger than ``max_event_size``).  The
+    parser that raised it should be discarded.
     ``events`` holds the events the same chunk completed before the error."""
 
     events: list = []

@@ -12,15 +12,19 @@ decode, replace, split, partition); the Python loop runs once per line.
 """
 from __future__ import annotations
 
+import sys
+from itertools import islice
 from typing import List, Optional, Union
 
 from .errors import EventStreamError
 from .event import Event, _decoded_event
 
-__all__ = ["EventStreamParser", "DEFAULT_MAX_LINE_BYTES"]
+__all__ = ["EventStreamParser", "DEFAULT_MAX_LINE_BYTES", "DEFAULT_MAX_EVENT_SIZE"]
 
 #: Default limit of one line's length, in bytes.
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+#: Default limit of one event's data, in characters (see ``max_event_size``).
+DEFAULT_MAX_EVENT_SIZE = 64 << 20
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -37,17 +41,29 @@ class EventStreamParser:
       ``None`` if it never set one.
 
     A line longer than ``max_line_bytes`` raises
-    :class:`~gosse.errors.EventStreamError`; buffered memory stays within that
-    bound plus one chunk.  The events completed by the same chunk before the
-    overlong line are on the error's ``events`` list.  After an error the
-    parser should be discarded.
+    :class:`~gosse.errors.EventStreamError`; so does an event whose data grows
+    beyond ``max_event_size`` characters (its data lines plus the line feed
+    after each; for ASCII data, bytes) before its blank line: a stream of
+    ``data:`` lines that never ends an event would otherwise grow memory
+    without bound.  ``None`` lifts that limit.  Buffered memory stays within
+    the two bounds plus one chunk.  The events completed by the same chunk
+    before the offending line are on the error's ``events`` list.  After an
+    error the parser should be discarded.
     """
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 last_event_id: str = ""):
+                 last_event_id: str = "", *,
+                 max_event_size: Optional[int] = DEFAULT_MAX_EVENT_SIZE):
         if type(max_line_bytes) is not int or max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be a positive int, not {max_line_bytes!r}")
+        if max_event_size is not None and (type(max_event_size) is not int
+                                           or max_event_size < 1):
+            raise ValueError("max_event_size must be a positive int or None, "
+                             f"not {max_event_size!r}")
         self.max_line_bytes = max_line_bytes
+        self.max_event_size = max_event_size
+        # Compared per event and per feed: an int, never None.
+        self._event_limit = sys.maxsize if max_event_size is None else max_event_size
         self.last_event_id = last_event_id
         self.retry: Optional[int] = None
         self._pending: List[bytes] = []  # bytes of the unfinished last line
@@ -56,6 +72,7 @@ class EventStreamParser:
         self._check_bom = True   # nothing has been seen yet
         # The block being built:
         self._data: List[str] = []
+        self._data_size = 0      # sum(len(line) + 1 for line in self._data)
         self._type = ""
         self._id = last_event_id
 
@@ -135,15 +152,19 @@ class EventStreamParser:
         lines.pop()
         events = []
         data = self._data
+        counted = len(data)  # data lines whose size _data_size already holds
+        limit = self._event_limit
         etype = self._type
         id_buffer = self._id
         for line in lines:
             if not line:  # blank line: dispatch
                 self.last_event_id = id_buffer
                 if data:
-                    events.append(_decoded_event(
-                        data[0] if len(data) == 1 else "\n".join(data),
-                        etype or "message", id_buffer, self.retry))
+                    text = data[0] if len(data) == 1 else "\n".join(data)
+                    if len(text) >= limit:   # len(text) + 1 > max_event_size
+                        self._too_big(len(text) + 1, events)
+                    events.append(_decoded_event(text, etype or "message", id_buffer,
+                                                 self.retry))
                     data = []
                 etype = ""
                 continue
@@ -162,14 +183,41 @@ class EventStreamParser:
             elif name == "retry":
                 if value.isdigit() and value.isascii():
                     self.retry = int(value)
+        if data:
+            # An event continues into the next feed: count what this feed
+            # added to it (in C), once per feed rather than once per line.
+            if data is self._data:
+                size = self._data_size
+            else:  # an event was dispatched: this one started in this feed
+                size = counted = 0
+            if len(data) > counted:
+                size += sum(map(len, islice(data, counted, None))) + len(data) - counted
+                if size > limit:
+                    self._too_big(size, events)
+                self._data_size = size
+        else:
+            self._data_size = 0
         self._data = data
         self._type = etype
         self._id = id_buffer
         return events
 
-    def _too_long(self, length: int, events: List[Event]) -> None:
+    def _too_big(self, size: int, events: List[Event]) -> None:
+        self._release()
+        error = EventStreamError(
+            f"event stream event of {size} characters or more exceeds max_event_size="
+            f"{self.max_event_size}; raise the limit if this stream is legitimate")
+        error.events = events
+        raise error
+
+    def _release(self) -> None:
         self._pending = []
         self._pending_len = 0
+        self._data = []
+        self._data_size = 0
+
+    def _too_long(self, length: int, events: List[Event]) -> None:
+        self._release()
         error = EventStreamError(
             f"event stream line of {length} bytes or more exceeds max_line_bytes="
             f"{self.max_line_bytes}; raise the limit if this stream is legitimate")

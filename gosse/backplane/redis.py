@@ -305,12 +305,15 @@ class RedisBackplane(Backplane):
                 return
             if self._started_pid is not None:   # forked: the parent's threads are not here
                 self._reset_process_state()
-            self._started_pid = pid
             self._init_position()
             for name, target in (("listener", self._listen), ("heartbeat", self._heartbeat)):
                 t = threading.Thread(target=target, name=f"gosse-redis-{name}", daemon=True)
                 t.start()
                 self._threads.append(t)
+            # Last: the check above without the lock must not let a
+            # concurrent first caller through before the position is known
+            # (it would answer a resumable Last-Event-ID with gosse-reset).
+            self._started_pid = pid
 
     def _init_position(self) -> bool:
         """Start delivering after the stream's current last entry."""
