@@ -145,9 +145,12 @@ class EventStreamParser:
         text = head.decode("utf-8", "replace")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        return self._lines(text.split("\n"))
+        lines = text.split("\n")
+        # Long lines (big data events): take "data: " lines on a short path
+        # that avoids partition() and a second copy of the value.
+        return self._lines(lines, len(text) > len(lines) << 6)
 
-    def _lines(self, lines: List[str]) -> List[Event]:
+    def _lines(self, lines: List[str], long_lines: bool = False) -> List[Event]:
         # lines[-1] is the empty string after the final line end: skip it.
         lines.pop()
         events = []
@@ -167,6 +170,9 @@ class EventStreamParser:
                                                  self.retry))
                     data = []
                 etype = ""
+                continue
+            if long_lines and line[:6] == "data: ":
+                data.append(line[6:])
                 continue
             name, colon, value = line.partition(":")
             if colon and value[:1] == " ":
