@@ -41,6 +41,18 @@ def werkzeug_server(app):
         thread.join(5)
 
 
+def wait_until(predicate, timeout=5.0, interval=0.01):
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass (for
+    state with nothing to wait on, e.g. another process's counters); return
+    its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
 def wait_for_port(port, proc=None, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,16 +15,9 @@ from gosse.broker import RESET_EVENT
 from broker_app import make_app
 from redis_fixture import (own_redis_server, redis_prefix, redis_server,  # noqa: F401
                            require_redis_package)
-from servers import ROOT, SSEReader, free_port, werkzeug_server
+from servers import wait_until, ROOT, SSEReader, free_port, werkzeug_server
 
 
-def wait_until(predicate, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def redis_threads():

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from redis_fixture import RedisServer, require_redis_server
-from servers import SSEReader, gunicorn_server
+from servers import wait_until, SSEReader, gunicorn_server
 
 WORKERS = 3
 PRESENCE_TTL = 1.5
@@ -22,13 +22,6 @@ PRESENCE_TTL = 1.5
 MAX_SESSIONS = 10
 
 
-def wait_until(predicate, timeout=5.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 class Cluster:

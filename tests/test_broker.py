@@ -11,7 +11,7 @@ import requests
 from gosse import (Broker, BrokerClosedError, Event, JSONEvent, Refusal, UnknownClientError)
 from gosse.broker import RESET_EVENT
 from broker_app import make_app
-from servers import SSEReader, gunicorn_server, werkzeug_server
+from servers import wait_until, SSEReader, gunicorn_server, werkzeug_server
 
 
 def post(url, **data):
@@ -20,13 +20,6 @@ def post(url, **data):
     return int(r.text) if r.text.isdigit() else r.text
 
 
-def wait_until(predicate, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ import time
 import zlib
 
 import pytest
+
+from servers import wait_until as wait_for
 import requests
 
 from gosse import (Event, EventStreamError, FeedClosedError, FeedConnectionError,
@@ -28,13 +30,6 @@ def collect(sub, n, timeout=5):
     return [sub.get(timeout=timeout) for _ in range(n)]
 
 
-def wait_for(predicate, timeout=5):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def drain(sub, timeout=5):

@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from servers import wait_until as _wait
+
 from gosse import FeedConnectionError, ResponseError
 from gosse.client import SSEFeed, connect_with_sse_feed
 from rawserver import RawServer, sse, status
@@ -305,13 +307,6 @@ def test_close_while_the_reconnect_request_waits_for_headers():
         assert sub.err_feed.empty()
 
 
-def _wait(predicate, timeout=5):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_feed_class_is_what_connect_returns():

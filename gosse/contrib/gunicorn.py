@@ -36,7 +36,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from ..broker import live_brokers
 
