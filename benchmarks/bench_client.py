@@ -48,13 +48,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import loadavg, machine_line  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -347,28 +349,6 @@ def run_worker(name, url, m, timeout, event_size):
             res["error"] = (f"ids {res['first_id']!r}..{res['last_id']!r}, "
                             f"expected '0'..'{m - 1}' (events lost?)")
     return res
-
-
-def loadavg():
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def machine_line():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"# machine: {os.cpu_count()} CPUs, {model}, Python {platform.python_version()} "
-            f"({platform.python_implementation()})")
 
 
 def versions():

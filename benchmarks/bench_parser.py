@@ -38,10 +38,12 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import loadavg, machine_line  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -366,28 +368,6 @@ def bench_workload(label, stream, n_events, contenders, rounds, out, min_time=0.
         out(f"{name:<14} {mb / w:8.1f} {n_events / w:11,.0f} {w / n_events * 1e6:9.2f} "
             f"{c / n_events * 1e6:9.2f} {ratio:8.2f} {cratio:6.2f}   {rounds_s}")
     return wall
-
-
-def loadavg():
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def machine_line():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"# machine: {os.cpu_count()} CPUs, {model}, Python {platform.python_version()} "
-            f"({platform.python_implementation()})")
 
 
 def main(argv=None):
