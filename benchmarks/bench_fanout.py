@@ -124,10 +124,14 @@ import subprocess
 import sys
 import tempfile
 import time
+
 from array import array
 from collections import Counter
 from itertools import repeat
 from operator import sub
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import free_port, wait_port  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -462,23 +466,6 @@ def load_main(args):
 # The driver
 # ---------------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 def proc_tree(pid):
