@@ -22,6 +22,7 @@ import http.client
 import logging
 import queue
 import random
+import re
 import socket
 import threading
 import time
@@ -45,6 +46,12 @@ log = logging.getLogger(__name__)
 Headers = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]], None]
 
 _READ_SIZE = 65536
+# Bytes taken from the connection per read when gosse undoes the HTTP framing
+# itself: large, so that a fast stream is parsed and handed to subscribers in
+# few, large batches (a read returns only what has arrived).
+_BODY_READ_SIZE = 262144
+_MAX_CHUNK_LINE = 4096
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # How often a reader blocked on a full subscriber queue checks for close()
 # even if nothing woke it.
 _PUT_POLL = 0.25
@@ -195,7 +202,8 @@ class Subscription:
 
     # sub.feed is a plain queue.Queue, so that it holds only events and works
     # like any queue; the methods below use its documented condition
-    # variables and _qsize/_get/_put hooks to wait for "an event or the end"
+    # variables, _qsize/_get hooks and the deque it keeps its items in (``queue``)
+    # to wait for "an event or the end"
     # and to move a batch of events under one lock acquisition.
 
     def _next(self, timeout: Optional[float]) -> Optional[Event]:
@@ -228,10 +236,9 @@ class Subscription:
             while True:
                 if self._closed:
                     return None
-                n = q._qsize()
-                if n:
-                    get = q._get
-                    batch = [get() for _ in range(n)]
+                if q._qsize():
+                    batch = list(q.queue)   # Queue stores its items in this deque
+                    q.queue.clear()
                     q.not_full.notify()
                     return batch
                 if self._ended:
@@ -272,9 +279,8 @@ class Subscription:
                     # close() notifies; the timeout is only a safety net.
                     q.not_full.wait(_PUT_POLL)
                     continue
-                batch = events[done:done + room]
-                for event in batch:
-                    q._put(event)
+                batch = events[done:done + room] if done or room < len(events) else events
+                q.queue.extend(batch)
                 q.unfinished_tasks += len(batch)
                 q.not_empty.notify(len(batch))
                 done += len(batch)
@@ -549,7 +555,7 @@ class SSEFeed:
                                    max_event_size=self._max_event_size)
         # The reconnection time the server set outlives its connection.
         parser.retry = self._server_retry
-        read = _read1_function(response.raw)
+        read = _body_reader(response.raw)
         try:
             while True:
                 chunk = read()
@@ -669,22 +675,20 @@ def _socket_of(response: requests.Response) -> Optional[socket.socket]:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def _read1_function(raw: Any) -> Callable[[], bytes]:
+def _body_reader(raw: Any) -> Callable[[], bytes]:
     """A function returning the (decoded) body bytes that have arrived, at
     least one byte, or ``b""`` at the end.
 
     ``iter_content`` and ``iter_lines`` wait until their chunk size is filled
-    on streams without chunked encoding, which stalls small events.  A
-    ``read1`` returns what one read of the socket gives; http.client's undoes
-    chunked framing, urllib3 2's also undoes content encoding.
+    on streams without chunked encoding, which stalls small events.  Here each
+    call returns what one read of the socket gives.
     """
     fp = getattr(raw, "_fp", None)   # the http.client.HTTPResponse
     encoding = (raw.headers.get("Content-Encoding") or "identity").strip().lower()
-    if isinstance(fp, http.client.HTTPResponse) and encoding == "identity":
-        # urllib3's read1 costs a few microseconds more per call, for the
-        # decoding bookkeeping that an identity body does not need.
-        return lambda: fp.read1(_READ_SIZE)
-    if hasattr(raw, "read1"):
+    if (isinstance(fp, http.client.HTTPResponse) and encoding == "identity"
+            and fp.fp is not None and fp.chunk_left is None):
+        return _HTTPBody(fp.fp, chunked=bool(fp.chunked), length=fp.length).read
+    if hasattr(raw, "read1"):   # urllib3 2: also undoes content encoding
         return lambda: raw.read1(_READ_SIZE, decode_content=True)
     # urllib3 1.x: http.client's read1, then urllib3's gzip/deflate decoder.
     raw._init_decoder()
@@ -695,3 +699,107 @@ def _read1_function(raw: Any) -> Callable[[], bytes]:
             data = raw._decode(data, True, not data)
         return data
     return read1
+
+
+class _HTTPBody:
+    """Reads an identity-encoded HTTP/1.1 response body straight from the
+    connection's buffered reader, undoing chunked framing itself.
+
+    http.client's ``read1`` returns at most the rest of one HTTP chunk per
+    call, through several Python calls per chunk; a server that writes many
+    small chunks then costs the reader one parse and one subscriber wake-up
+    per chunk.  This reads everything that has arrived (up to
+    ``_BODY_READ_SIZE``) in one call and hands it on in one piece.
+    """
+
+    def __init__(self, fp: Any, chunked: bool, length: Optional[int]):
+        self._read1 = fp.read1
+        self._chunked = chunked
+        self._length = length     # bytes left of a Content-Length body
+        self._left = 0            # bytes left of the current chunk
+        self._line = b""          # an unfinished chunk-size line
+        self._need_crlf = False   # the line end after a chunk's data is next
+        self._done = False
+        self._failure: Optional[Exception] = None
+
+    def read(self) -> bytes:
+        if self._failure is not None:
+            raise self._failure
+        while not self._done:
+            size = _BODY_READ_SIZE
+            if self._length is not None:
+                if self._length <= 0:
+                    self._done = True
+                    break
+                size = min(size, self._length)
+            data = self._read1(size)
+            if not data:
+                if self._chunked or self._length:
+                    raise http.client.IncompleteRead(b"", self._length or self._left or None)
+                self._done = True
+                break
+            if self._length is not None:
+                self._length -= len(data)
+            if not self._chunked:
+                return data
+            body = self._unchunk(data)
+            if body:
+                return body
+        return b""
+
+    def _unchunk(self, data: bytes) -> bytes:
+        if self._line:
+            data = self._line + data
+            self._line = b""
+        pieces: List[Tuple[int, int]] = []
+        try:
+            self._left = self._split(data, pieces)
+        except http.client.HTTPException as exc:
+            if not pieces:
+                raise
+            self._failure = exc   # hand on the good bytes first
+        if not pieces:
+            return b""
+        if len(pieces) == 1:
+            start, stop = pieces[0]
+            return data if start == 0 and stop == len(data) else data[start:stop]
+        view = memoryview(data)
+        return b"".join([view[start:stop] for start, stop in pieces])
+
+    def _split(self, data: bytes, pieces: List[Tuple[int, int]]) -> int:
+        """Append the (start, stop) spans of chunk data in ``data`` to
+        ``pieces``; return the bytes left of the current chunk."""
+        pos = 0
+        end = len(data)
+        left = self._left
+        while pos < end:
+            if left:
+                stop = min(pos + left, end)
+                pieces.append((pos, stop))
+                left -= stop - pos
+                pos = stop
+                if left:
+                    break
+                self._need_crlf = True
+                continue
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self._line = data[pos:]
+                if len(self._line) > _MAX_CHUNK_LINE:
+                    raise http.client.HTTPException("chunk size line too long")
+                break
+            line = data[pos:nl].rstrip(b"\r")
+            pos = nl + 1
+            if self._need_crlf:
+                if line:
+                    raise http.client.HTTPException(f"no line end after chunk data: {line[:40]!r}")
+                self._need_crlf = False
+                continue
+            hex_size = line.split(b";", 1)[0].strip()
+            if not _HEX.fullmatch(hex_size):
+                raise http.client.HTTPException(f"invalid chunk size line {line[:40]!r}")
+            left = int(hex_size, 16)
+            if not left:    # the last chunk; trailers, if any, are not read
+                self._done = True
+                break
+        return left

@@ -13,8 +13,9 @@ decode, replace, split, partition); the Python loop runs once per line.
 from __future__ import annotations
 
 import sys
-from itertools import islice
-from typing import List, Optional, Union
+import re
+from itertools import islice, repeat
+from typing import Iterable, List, Optional, Tuple, Union
 
 from .errors import EventStreamError
 from .event import Event, _decoded_event
@@ -27,6 +28,19 @@ DEFAULT_MAX_LINE_BYTES = 1 << 20
 DEFAULT_MAX_EVENT_SIZE = 64 << 20
 
 _BOM = b"\xef\xbb\xbf"
+# Short-line text is matched in slices of about this many characters.
+_SLICE = 16384
+_NONE = repeat("")
+# One match per line, one per run of blank lines (one blank line does what
+# several do), or one per whole event of the most common shape ("id: ",
+# "event: " and a single "data: " line, then a blank line), so that such an
+# event costs one C-level match.  findall() returns "" for a group
+# that did not take part; the groups include their field names so that an
+# empty value is still a non-empty group.  The quantifiers are possessive
+# where Python supports it: no backtracking over a long line.
+_P = "+" if sys.version_info >= (3, 11) else ""
+_TOKENS = re.compile(rf"(id: [^\n\0]*{_P}\n)?(event: [^\n]*{_P}\n)?(data: [^\n]*{_P})\n\n"
+                     rf"|\n+|([^\n]*{_P})\n")
 
 
 class EventStreamParser:
@@ -145,50 +159,77 @@ class EventStreamParser:
         text = head.decode("utf-8", "replace")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        lines = text.split("\n")
-        # Long lines (big data events): take "data: " lines on a short path
-        # that avoids partition() and a second copy of the value.
-        return self._lines(lines, len(text) > len(lines) << 6)
+        sample = min(len(text), 4096)
+        if sample > text.count("\n", 0, sample) << 6:
+            # Long lines (big data events): split() is cheapest; each line
+            # goes through the per-line path.
+            lines = text.split("\n")
+            lines.pop()   # the empty string after the final line end
+            return self._fields(zip(_NONE, _NONE, _NONE, lines))
+        if len(text) <= _SLICE:
+            return self._fields(_TOKENS.findall(text))
+        # findall() makes a tuple per line: bound that list by taking the
+        # text in slices cut after a line feed.
+        events: List[Event] = []
+        start = 0
+        while start < len(text):
+            cut = text.find("\n", start + _SLICE) + 1 or len(text)
+            events += self._fields(_TOKENS.findall(text, start, cut))
+            start = cut
+        return events
 
-    def _lines(self, lines: List[str], long_lines: bool = False) -> List[Event]:
-        # lines[-1] is the empty string after the final line end: skip it.
-        lines.pop()
+    def _fields(self, tokens: Iterable[Tuple[str, str, str, str]]) -> List[Event]:
+        """Process lines given as tokens of ``_TOKENS``: a whole common event
+        in its first three items, or one line in the last."""
         events = []
         data = self._data
         counted = len(data)  # data lines whose size _data_size already holds
         limit = self._event_limit
         etype = self._type
         id_buffer = self._id
-        for line in lines:
-            if not line:  # blank line: dispatch
-                self.last_event_id = id_buffer
+        for id_line, event_line, data_line, line in tokens:
+            if line:
+                if line[:6] == "data: ":   # the common case, without partition()
+                    data.append(line[6:])
+                    continue
+                name, colon, value = line.partition(":")
+                if colon and value[:1] == " ":
+                    value = value[1:]
+                if name == "data":
+                    data.append(value)
+                elif not name:
+                    pass  # comment
+                elif name == "event":
+                    etype = value
+                elif name == "id":
+                    if "\0" not in value:
+                        id_buffer = value
+                elif name == "retry":
+                    if value.isdigit() and value.isascii():
+                        self.retry = int(value)
+                continue
+            if data_line:  # [id: ...\n][event: ...\n]data: ...\n\n
+                if id_line:
+                    id_buffer = id_line[4:-1]
+                if event_line:
+                    etype = event_line[7:-1]
+                value = data_line[6:]
                 if data:
-                    text = data[0] if len(data) == 1 else "\n".join(data)
-                    if len(text) >= limit:   # len(text) + 1 > max_event_size
-                        self._too_big(len(text) + 1, events)
-                    events.append(_decoded_event(text, etype or "message", id_buffer,
-                                                 self.retry))
+                    data.append(value)
+                    value = "\n".join(data)
                     data = []
+            elif data:  # a blank line ends an event
+                value = data[0] if len(data) == 1 else "\n".join(data)
+                data = []
+            else:  # a blank line without data: no event
+                self.last_event_id = id_buffer
                 etype = ""
                 continue
-            if long_lines and line[:6] == "data: ":
-                data.append(line[6:])
-                continue
-            name, colon, value = line.partition(":")
-            if colon and value[:1] == " ":
-                value = value[1:]
-            if name == "data":
-                data.append(value)
-            elif not name:
-                pass  # comment
-            elif name == "event":
-                etype = value
-            elif name == "id":
-                if "\0" not in value:
-                    id_buffer = value
-            elif name == "retry":
-                if value.isdigit() and value.isascii():
-                    self.retry = int(value)
+            self.last_event_id = id_buffer
+            if len(value) >= limit:   # len(value) + 1 > max_event_size
+                self._too_big(len(value) + 1, events)
+            events.append(_decoded_event(value, etype or "message", id_buffer, self.retry))
+            etype = ""
         if data:
             # An event continues into the next feed: count what this feed
             # added to it (in C), once per feed rather than once per line.
