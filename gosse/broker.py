@@ -35,7 +35,8 @@ from urllib.parse import parse_qs
 from .backplane import Backplane, InProcessBackplane
 from .errors import BrokerClosedError, SSEError, UnknownClientError
 from .event import Event, encode_comment
-from .stream import ENDED_BY_APP, ENDED_BY_BROKER, ENDED_SLOW, SessionStream
+from .stream import (ENDED_BY_APP, ENDED_BY_BROKER, ENDED_SLOW, SessionStream,
+                     direct_write_possible, frame_chunk)
 
 __all__ = ["Broker", "ClientConnection", "Refusal", "RESET_EVENT", "live_brokers"]
 
@@ -196,6 +197,15 @@ class Broker:
       number of sessions *of this process* the event is addressed to, and
       raise :class:`gosse.backplane.BackplaneError` when the backplane is
       unreachable.  ``close()`` closes the backplane too.
+    * ``direct_write``: under gunicorn's gthread (or sync) worker on plain
+      HTTP/1.1, deliver each event by writing it to the stream's socket from
+      the thread that broadcasts it, without waking the stream's thread
+      (which only finishes writes the socket could not take at once).  This
+      is what makes a broadcast to thousands of threaded streams cheap; it
+      bypasses WSGI middleware that rewrites response bodies, so set it to
+      False if such middleware wraps your streams (compressing middleware
+      already breaks event streams by buffering them), and under gunicorn's
+      ``--protocol uwsgi``.  Other servers always use the WSGI iterable.
     """
 
     def __init__(self, headers: Optional[Mapping[str, str]] = None, *,
@@ -206,7 +216,8 @@ class Broker:
                  max_sessions_per_client: Optional[int] = None,
                  max_connection_age: Optional[float] = None,
                  retry_after: int = 5,
-                 backplane: Any = None):
+                 backplane: Any = None,
+                 direct_write: bool = True):
         _positive("heartbeat_interval", heartbeat_interval)
         if type(queue_size) is not int or queue_size < 1:
             raise ValueError(f"queue_size must be a positive int, not {queue_size!r}")
@@ -223,6 +234,7 @@ class Broker:
         self.max_sessions_per_client = max_sessions_per_client
         self.max_connection_age = max_connection_age
         self.retry_after = retry_after
+        self.direct_write = direct_write
         self._first_bytes = (Event(None, retry=retry).encode() if retry is not None
                              else b":ok\n\n")
         self._lock = threading.Lock()
@@ -287,8 +299,10 @@ class Broker:
         if self.max_connection_age is not None:
             deadline = time.monotonic() + self.max_connection_age * random.uniform(0.9, 1.0)
         sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+        direct = self.direct_write and direct_write_possible(environ, self.headers)
         stream = SessionStream(self._first_bytes, heartbeat, self.queue_size,
-                               self._stream_closed, sock=sock, deadline=deadline)
+                               self._stream_closed, sock=sock, deadline=deadline,
+                               direct=direct)
         session_id = str(uuid.uuid4())
         conn = ClientConnection(self, client_id, session_id, stream, topics, self.headers)
         last_id = _last_event_id(environ)
@@ -438,9 +452,10 @@ class Broker:
                 streams = [c.stream for c in sessions.values()] if sessions else ()
             else:
                 streams = self._topics.get(name, ())
+            framed = frame_chunk(wire)   # once, for streams that write directly
             n = 0
             for stream in streams:
-                if stream.put(wire):
+                if stream.put(wire, framed):
                     n += 1
             self._counts["events_delivered"] += n
         return n
@@ -464,16 +479,17 @@ class Broker:
                 streams = [c.stream for c in found.values()] if found else ()
             else:
                 streams = topics.get(name, ())
+            framed = frame_chunk(wire)
             if floors:
                 for stream in streams:
                     floor = floors.get(stream)
                     if floor is not None and seq <= floor:
                         continue
-                    if stream.put(wire):
+                    if stream.put(wire, framed):
                         n += 1
             else:
                 for stream in streams:
-                    if stream.put(wire):
+                    if stream.put(wire, framed):
                         n += 1
         if floors and batch:
             last = batch[-1][0]
@@ -539,12 +555,15 @@ class Broker:
         return callback
 
     def stats(self) -> Dict[str, int]:
-        """Counters: open ``clients`` and ``sessions``, ``queued`` events,
-        ``events_delivered`` (per session), ``sessions_dropped_slow``,
-        ``sessions_total`` (ever opened)."""
+        """Counters: open ``clients`` and ``sessions``, ``sessions_direct``
+        (sessions writing events straight to their socket, see
+        ``direct_write``), ``queued`` events, ``events_delivered`` (per
+        session), ``sessions_dropped_slow``, ``sessions_total`` (ever opened)."""
         with self._lock:
-            stats = {"clients": len(self._clients), "sessions": len(self._sessions),
-                     "queued": sum(s.queued() for s in self._sessions), **self._counts}
+            streams = list(self._sessions)
+            stats = {"clients": len(self._clients), "sessions": len(streams),
+                     "sessions_direct": sum(s.direct for s in streams),
+                     "queued": sum(s.queued() for s in streams), **self._counts}
         if self._shared:
             stats.update(self._backplane.stats())
         return stats

@@ -24,6 +24,16 @@ def make_app(broker):
                 return Response(str(exc), status=404)
         elif path.startswith("/publish/"):
             n = broker.publish(path[len("/publish/"):], event)
+        elif path == "/burst":   # n events of size bytes, as fast as possible
+            count, size = int(form["n"]), int(form.get("size", 10))
+            n = 0
+            for i in range(count):
+                n += broker.broadcast(Event(f"{i:08d}".ljust(size, "x"), id=str(i)))
+        elif path.startswith("/close/"):
+            sessions = broker.sessions(path[len("/close/"):])
+            for conn in sessions:
+                conn.close()
+            n = len(sessions)
         elif path == "/stats":
             return Response(json.dumps(broker.stats()), mimetype="application/json")
         elif path == "/process":
@@ -64,6 +74,8 @@ def _disconnected(client_id, session_id):
 
 broker = Broker(heartbeat_interval=float(os.environ.get("GOSSE_TEST_HEARTBEAT", "15")),
                 history=int(os.environ.get("GOSSE_TEST_HISTORY", "0")),
-                queue_size=int(os.environ.get("GOSSE_TEST_QUEUE", "1024")))
+                queue_size=int(os.environ.get("GOSSE_TEST_QUEUE", "1024")),
+                direct_write=os.environ.get("GOSSE_TEST_DIRECT", "1") == "1",
+                max_connection_age=float(os.environ.get("GOSSE_TEST_MAX_AGE", "0")) or None)
 broker.set_disconnect_callback(_disconnected)
 app = make_app(broker)
