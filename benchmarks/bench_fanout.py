@@ -22,8 +22,10 @@ process on 127.0.0.1, one worker process each):
   a generator yielding each event" design, gunicorn ``-k gthread``;
 * ``raw-floor``: ``raw_floor.py``, one thread and one epoll loop writing the
   pre-encoded event to every socket;
-* (not in the default run) ``gosse-direct``: ``gosse_direct_app.py``, an
-  experiment in which the broadcasting thread writes to the sockets itself.
+* (not in the default run) ``gosse-queue``: ``gosse_app.py`` with
+  ``Broker(direct_write=False)``: every delivery goes through the stream's
+  queue and wakes its thread (gosse before direct writes; what gosse does
+  under servers other than gunicorn's sync and gthread workers).
 
 Every event's data is ``"SEQ T PAD"``: T is ``time.monotonic()`` read by the
 server when it handles the broadcast (CLOCK_MONOTONIC is one clock for every
@@ -103,7 +105,7 @@ prints a summary.
 Run:  benchmarks/.venv/bin/python benchmarks/bench_fanout.py          (~10 min)
       ... --n 1000 --only gosse sse-starlette --rounds 1             (quick)
       ... --only scale
-      ... --only gosse gosse-direct --n 100 1000 2000 --rounds 1
+      ... --only gosse gosse-queue --n 100 1000 2000 --rounds 1
       ... --profile --profile-n 1000 [--profile-tool perf]
 """
 from __future__ import annotations
@@ -138,8 +140,8 @@ ROOT = os.path.dirname(HERE)
 APPS = os.path.join(HERE, "fanout_apps")
 PY = sys.executable
 CONTENDERS = ["gosse", "gosse-gevent", "sse-starlette", "flask-sse", "naive", "raw-floor"]
-# Not in the default run: fanout_apps/gosse_direct_app.py, an experiment (see there).
-EXTRA = ["gosse-direct"]
+# Not in the default run: gosse without direct writes (see the docstring).
+EXTRA = ["gosse-queue"]
 
 
 # ---------------------------------------------------------------------------
@@ -631,8 +633,9 @@ def gunicorn_cmd(app, port, n, worker="gthread", threads=None, conf=None):
 def server_cmd(name, port, n):
     if name == "gosse":
         return gunicorn_cmd("gosse_app:app", port, n)
-    if name == "gosse-direct":
-        return gunicorn_cmd("gosse_direct_app:app", port, n)
+    if name == "gosse-queue":
+        cmd = gunicorn_cmd("gosse_app:app", port, n)
+        return cmd[:-1] + ["--env", "FANOUT_DIRECT=0", cmd[-1]]
     if name == "gosse-gevent":
         return gunicorn_cmd("gosse_app:app", port, n, worker="gevent")
     if name == "naive":

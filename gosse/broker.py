@@ -134,6 +134,11 @@ class ClientConnection:
             raise SSEError("a ClientConnection serves one response; call Broker.connect again")
         self._called = True
         start_response("200 OK", self._headers)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            # Headers only: a server drops a HEAD response's body, so a stream
+            # would hold its thread without ever finding the client gone.
+            self.close()
+            return []
         return self.stream
 
     def send(self, event: Event) -> bool:

@@ -302,3 +302,15 @@ def test_interleaved_direct_and_thread_writes_keep_order():
     assert [e.id for e in got] == [str(i) for i in range(20000)]
     server.close()
     client.close()
+
+
+def test_head_request_gets_headers_and_holds_nothing(server):
+    """gunicorn drops a HEAD response's body: a stream would hold a thread
+    forever without noticing the client left.  HEAD gets the headers only."""
+    before = stats(server)["sessions_total"]
+    r = requests.head(f"{server}/sse?client=head", timeout=5)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    st = stats(server)
+    assert st["sessions_total"] == before + 1
+    assert requests.post(f"{server}/send/head", data={"data": "x"}, timeout=5).status_code == 404

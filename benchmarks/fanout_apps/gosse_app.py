@@ -4,7 +4,8 @@ one event whose data is ``"S <time.monotonic() at broadcast> <pad>"``.
 
 The queue bound is raised (FANOUT_QUEUE, default 1,000,000) so that the
 saturation phase measures throughput, not gosse's slow-reader cut-off; the
-other contenders' queues are unbounded."""
+other contenders' queues are unbounded.  FANOUT_DIRECT=0 turns direct
+writes off (the ``gosse-queue`` contender)."""
 import os
 import sys
 import time
@@ -15,7 +16,8 @@ PAD = "x" * 70
 if os.environ.get("FANOUT_SWITCH_INTERVAL"):     # an experiment: the GIL's switch interval
     sys.setswitchinterval(float(os.environ["FANOUT_SWITCH_INTERVAL"]))
 broker = Broker(queue_size=int(os.environ.get("FANOUT_QUEUE", "1000000")),
-                heartbeat_interval=60)
+                heartbeat_interval=60,
+                direct_write=os.environ.get("FANOUT_DIRECT", "1") == "1")
 monotonic = time.monotonic
 OK = [("Content-Type", "text/plain"), ("Content-Length", "2")]
 
