@@ -126,7 +126,8 @@ class EventStreamParser:
                     self._too_long(self._pending_len, [])
             return []
         end += 1
-        head = chunk if end == len(chunk) else chunk[:end]
+        # A view, not a copy: the head is decoded straight from the chunk.
+        head: Union[bytes, memoryview] = chunk if end == len(chunk) else memoryview(chunk)[:end]
         if self._pending:
             self._pending.append(head)
             head = b"".join(self._pending)
@@ -142,7 +143,7 @@ class EventStreamParser:
                 self._pending_len = len(tail)
         if len(head) > self.max_line_bytes:
             # Rare: find the first overlong line; parse only what precedes it.
-            lines = head.splitlines(keepends=True)
+            lines = bytes(head).splitlines(keepends=True)
             for i, line in enumerate(lines):
                 length = len(line.rstrip(b"\r\n"))
                 if length > self.max_line_bytes:
@@ -155,8 +156,8 @@ class EventStreamParser:
             self._too_long(too_long, events)
         return events
 
-    def _parse(self, head: bytes) -> List[Event]:
-        text = head.decode("utf-8", "replace")
+    def _parse(self, head: Union[bytes, memoryview]) -> List[Event]:
+        text = str(head, "utf-8", "replace")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         sample = min(len(text), 4096)
