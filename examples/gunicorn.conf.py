@@ -6,6 +6,11 @@ Each open stream holds one thread of the gthread worker, so ``threads`` is
 the number of concurrent streams (plus ordinary requests) one worker serves.
 One worker per broker unless a Redis backplane joins the workers.
 
+Under this worker a Broker writes broadcasts straight to each stream's socket
+(``Broker(direct_write=True)``, the default) instead of waking each stream's
+thread: keep TLS in a proxy in front (gunicorn's own ``certfile`` turns that
+off) and check ``broker.stats()["sessions_direct"]``.
+
 The hooks imported from gosse.contrib.gunicorn end every stream as soon as a
 worker is told to stop (SIGTERM: deploys, restarts), so clients reconnect
 at once instead of being cut after graceful_timeout.
