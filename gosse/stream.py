@@ -41,6 +41,7 @@ ENDED_SLOW = "slow reader"         # the session's queue overflowed
 ENDED_BY_AGE = "max age"           # max_connection_age reached
 
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_monotonic = time.monotonic
 
 
 def frame_chunk(data: bytes) -> bytes:
@@ -102,6 +103,7 @@ class SessionStream:
         self._direct = False
         self._write_lock = threading.Lock()
         self._partial = b""
+        self._sent_at = 0.0          # time.monotonic() of the last direct write
         self.ending = False          # no more output: finish after the queue drains
         self.end_reason: Optional[str] = None
         self.closed = False          # close() ran
@@ -144,6 +146,7 @@ class SessionStream:
         except OSError:
             self.end(ENDED_BY_CLIENT, abort=True)
             return False
+        self._sent_at = _monotonic()
         if sent < len(framed):
             # The socket buffer is full: the stream thread writes the rest
             # (blocking), and what comes meanwhile is queued behind it.
@@ -243,6 +246,7 @@ class SessionStream:
         lock = self._write_lock
         with lock:
             self._direct = True
+            self._sent_at = _monotonic()
         try:
             while True:
                 if items or self._partial:
@@ -252,16 +256,22 @@ class SessionStream:
                         if items:
                             data += frame_chunk(self._drain(items))
                         self._sock.sendall(data)
+                        self._sent_at = _monotonic()
                     continue
                 if self.ending or self.closed:
                     break
                 timeout = self._wait_timeout()
                 if timeout is None:
                     continue
-                if not self._wake.acquire(timeout=timeout):
+                # Producers write without waking this thread: the silence
+                # that calls for a heartbeat is counted from their last write.
+                quiet = _monotonic() - self._sent_at
+                if not self._wake.acquire(timeout=max(0.0, min(timeout, self._heartbeat - quiet))):
                     with lock:
-                        if not items and not self._partial and not self.ending:
+                        if (not items and not self._partial and not self.ending
+                                and _monotonic() - self._sent_at >= self._heartbeat):
                             self._sock.sendall(frame_chunk(HEARTBEAT))
+                            self._sent_at = _monotonic()
         except OSError:
             self.end(ENDED_BY_CLIENT, abort=True)
         finally:

@@ -217,6 +217,24 @@ def test_heartbeats_in_direct_mode(server):
         s.close()
 
 
+def test_no_heartbeat_while_events_flow_directly(server):
+    """Direct writes do not wake the stream's thread, yet it must not take
+    a busy stream for a silent one (heartbeat interval 0.3 s here)."""
+    s = RawStream(server, "/sse?client=busy")
+    try:
+        assert wait_until(lambda: stats(server)["sessions_direct"] >= 1, timeout=10)
+        assert s._read_chunk(65536) == b":ok\n\n"
+        chunks = []
+        for i in range(12):             # an event every 0.1 s for 1.2 s
+            post(f"{server}/send/busy", data=str(i))
+            chunks.append(s._read_chunk(65536))
+            time.sleep(0.1)
+        assert b":\n\n" not in chunks and len(chunks) == 12
+        assert s._read_chunk(65536) == b":\n\n"      # then silence: a heartbeat
+    finally:
+        s.close()
+
+
 def test_http10_head_and_other_servers_use_the_iterable(server):
     before = stats(server)["sessions_direct"]
     s = RawStream(server, "/sse?client=old", version="HTTP/1.0")
