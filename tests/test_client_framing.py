@@ -188,11 +188,10 @@ def test_malformed_chunk_size_breaks_the_connection_and_reconnects():
     with RawServer(bad) as server:
         with connect_with_sse_feed(server.url(), reconnect=False) as feed:
             sub = feed.subscribe()
-            got = []
-            with pytest.raises(FeedConnectionError):
-                for event in sub:
-                    got.append(event.data)
-            assert got == ["one"]
+            assert sub.get(timeout=5).data == "one"
+            with pytest.raises(FeedConnectionError, match="broke"):
+                sub.get(timeout=5)
+            assert len(server.requests) == 1
 
 
 def test_content_length_stream_over_a_socket():
