@@ -133,7 +133,7 @@ from itertools import repeat
 from operator import sub
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import free_port, wait_port  # noqa: E402
+from common import cpu_seconds, free_port, wait_port  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -482,20 +482,6 @@ def proc_tree(pid):
         except OSError:
             pass
     return out
-
-
-def cpu_seconds(pids):
-    """utime + stime of the processes (all their threads), in seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
 
 
 def machine_busy():

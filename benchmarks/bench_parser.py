@@ -171,26 +171,23 @@ def run_httpx_sse_decoders(chunks, verify=False):
     n = 0
     total = 0
     last = None
-    for c in chunks:
-        text = tdecode(c)
-        if not text:
-            continue
-        for line in ldecode(text):
+
+    def take(lines):   # called once per chunk, not per line
+        nonlocal n, total, last
+        for line in lines:
             e = sdecode(line.rstrip("\n"))
             if e is not None:
                 n += 1
                 if verify:
                     total += len(e.data)
                     last = e
+
+    for c in chunks:
+        text = tdecode(c)
+        if text:
+            take(ldecode(text))
     tail = text_decoder.flush()
-    rest = (ldecode(tail) if tail else []) + lines_decoder.flush()
-    for line in rest:
-        e = sdecode(line.rstrip("\n"))
-        if e is not None:
-            n += 1
-            if verify:
-                total += len(e.data)
-                last = e
+    take((ldecode(tail) if tail else []) + lines_decoder.flush())
     if not verify:
         return n
     return n, total, last.id, last.data

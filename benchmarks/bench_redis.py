@@ -47,7 +47,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import free_port, wait_port  # noqa: E402
+from common import cpu_seconds, free_port, wait_port  # noqa: E402
 from array import array
 from urllib.parse import parse_qs
 
@@ -250,20 +250,6 @@ def start_redis():
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc, f"redis://127.0.0.1:{port}/0", tmp
-
-
-def cpu_seconds(pids):
-    """utime + stime of the given processes (Linux /proc), in seconds."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
 
 
 def children(pid):

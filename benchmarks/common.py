@@ -1,5 +1,5 @@
-"""Helpers every benchmark shares: the machine line, the load average, and
-starting servers on free loopback ports."""
+"""Helpers every benchmark shares: the machine line, the load average, the
+CPU time of server processes, and starting servers on free loopback ports."""
 import os
 import platform
 import socket
@@ -50,3 +50,18 @@ def wait_port(port: int, proc, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pids) -> float:
+    """utime + stime of the processes (all their threads), in seconds, from
+    /proc/PID/stat; a process that has exited counts 0."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total

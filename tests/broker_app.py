@@ -7,6 +7,7 @@ import threading
 from werkzeug.wrappers import Request, Response
 
 from gosse import Broker, Event, UnknownClientError
+from servers import sse_view
 
 
 def make_app(broker):
@@ -44,10 +45,7 @@ def make_app(broker):
 
     def app(environ, start_response):
         if environ["PATH_INFO"] == "/sse":
-            request = Request(environ)
-            topics = [t for t in request.args.get("topics", "").split(",") if t]
-            conn = broker.connect(request.args.get("client", "anon"), environ, topics=topics)
-            return conn(environ, start_response)
+            return sse_view(broker, environ, start_response)
         return _control(environ, start_response)
 
     return app

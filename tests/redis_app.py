@@ -21,6 +21,7 @@ from werkzeug.wrappers import Request, Response
 from gosse import Broker, Event, UnknownClientError
 from gosse.backplane import BackplaneError
 from gosse.backplane.redis import RedisBackplane
+from servers import sse_view
 
 PID = os.getpid()
 
@@ -70,8 +71,5 @@ def _control(request):
 
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/sse":
-        request = Request(environ)
-        topics = [t for t in request.args.get("topics", "").split(",") if t]
-        conn = broker.connect(request.args.get("client", "anon"), environ, topics=topics)
-        return conn(environ, start_response)
+        return sse_view(broker, environ, start_response)
     return _control(environ, start_response)

@@ -97,6 +97,16 @@ def _has_module(name):
     return importlib.util.find_spec(name) is not None
 
 
+def sse_view(broker, environ, start_response):
+    """The test apps' ``GET /sse?client=ID&topics=a,b``: a session of the
+    broker for that client and those topics."""
+    from werkzeug.wrappers import Request
+    args = Request(environ).args
+    topics = [t for t in args.get("topics", "").split(",") if t]
+    conn = broker.connect(args.get("client", "anon"), environ, topics=topics)
+    return conn(environ, start_response)
+
+
 class SSEReader:
     """A minimal test-side SSE reader over http.client (independent of
     gosse.client): GET a stream, then read events with timeouts."""
@@ -115,6 +125,7 @@ class SSEReader:
         self.events = []
         self.raw = bytearray()
         self.eof = False
+        self._matched = 0   # events up to here were passed by next_event()
 
     def read_some(self):
         chunk = self.response.read1(65536)
@@ -124,17 +135,40 @@ class SSEReader:
         self.events.extend(self.parser.feed(chunk))
         return chunk
 
-    def wait_events(self, n, timeout=10.0):
-        """Read until ``n`` events in total have arrived; return them."""
+    def _read_until(self, done, timeout, failure):
+        """Read until ``done()`` is true; TimeoutError with ``failure()``
+        after ``timeout`` seconds or at the end of the stream."""
         deadline = time.monotonic() + timeout
-        while len(self.events) < n:
+        while not done():
             left = deadline - time.monotonic()
             if left <= 0 or self.eof:
-                raise TimeoutError(f"got {len(self.events)} of {n} events"
-                                   f"{' (EOF)' if self.eof else ''}")
+                raise TimeoutError(failure() + (" (EOF)" if self.eof else ""))
             self.sock.settimeout(left)
             self.read_some()
+
+    def wait_events(self, n, timeout=10.0):
+        """Read until ``n`` events in total have arrived; return them."""
+        self._read_until(lambda: len(self.events) >= n, timeout,
+                         lambda: f"got {len(self.events)} of {n} events")
         return self.events[:n]
+
+    def next_event(self, predicate, timeout=10.0):
+        """Read until an event after the last one this returned satisfies
+        ``predicate``; return it."""
+        start = self._matched
+        found = []
+
+        def done():
+            for i in range(start, len(self.events)):
+                if predicate(self.events[i]):
+                    self._matched = i + 1
+                    found.append(self.events[i])
+                    return True
+            return False
+
+        self._read_until(done, timeout,
+                         lambda: f"no matching event in {timeout} s; got {self.events!r}")
+        return found[0]
 
     def read_until_eof(self, timeout=10.0):
         deadline = time.monotonic() + timeout

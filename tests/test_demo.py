@@ -110,25 +110,6 @@ def demo():
     d.kill()
 
 
-def next_event(reader, predicate, timeout=10.0):
-    """Read ``reader`` until an event satisfies ``predicate``; return it.
-    Events already looked at are skipped on the next call."""
-    deadline = time.monotonic() + timeout
-    start = getattr(reader, "_seen", 0)
-    while True:
-        for i in range(start, len(reader.events)):
-            if predicate(reader.events[i]):
-                reader._seen = i + 1
-                return reader.events[i]
-        start = len(reader.events)
-        left = deadline - time.monotonic()
-        if left <= 0 or reader.eof:
-            raise TimeoutError(f"no matching event in {timeout} s; got {reader.events!r}"
-                               f"{' (EOF)' if reader.eof else ''}")
-        reader.sock.settimeout(left)
-        reader.read_some()
-
-
 def not_clock(event):
     return event.event != CLOCK_EVENT
 
@@ -199,7 +180,7 @@ def test_app_publish_validation(app_url):
 def test_app_close_ends_streams_and_clock(app_url):
     app, url = app_url
     with SSEReader(url + "sse") as reader:
-        tick = next_event(reader, lambda e: e.event == CLOCK_EVENT, timeout=5)
+        tick = reader.next_event(lambda e: e.event == CLOCK_EVENT, timeout=5)
         assert tick.id  # auto_id: every event is resumable
         app.close()
         reader.read_until_eof(5)
@@ -241,15 +222,15 @@ def test_demo_publish_form_and_json_reach_the_stream(demo):
                           data={"data": "from a form\nline 2", "event": "news", "id": "f-1"},
                           timeout=5)
         assert r.status_code == 200 and r.json()["delivered"] >= 1
-        e = next_event(reader, not_clock)
+        e = reader.next_event(not_clock)
         assert (e.event, e.data, e.id) == ("news", "from a form\nline 2", "f-1")
         r = requests.post(demo.url + "publish", json={"data": "from JSON <b>"}, timeout=5)
         assert r.status_code == 200
-        e = next_event(reader, not_clock)
+        e = reader.next_event(not_clock)
         assert (e.event, e.data) == ("message", "from JSON <b>")
         assert e.id.isdigit()  # numbered by the broker
         requests.post(demo.url + "publish", json={"data": {"n": 1}, "event": "j"}, timeout=5)
-        assert next_event(reader, not_clock).data == '{"n":1}'
+        assert reader.next_event(not_clock).data == '{"n":1}'
         stats = requests.get(demo.url + "stats", timeout=5).json()
         assert stats["events_delivered"] >= before["events_delivered"] + 3
 
@@ -264,8 +245,8 @@ def test_demo_publish_without_data_is_400(demo):
 
 def test_demo_clock_ticks(demo):
     with SSEReader(demo.url + "sse") as reader:
-        first = next_event(reader, lambda e: e.event == CLOCK_EVENT, timeout=3)
-        second = next_event(reader, lambda e: e.event == CLOCK_EVENT, timeout=3)
+        first = reader.next_event(lambda e: e.event == CLOCK_EVENT, timeout=3)
+        second = reader.next_event(lambda e: e.event == CLOCK_EVENT, timeout=3)
     t1 = datetime.datetime.fromisoformat(first.data)
     t2 = datetime.datetime.fromisoformat(second.data)
     assert 0.5 <= (t2 - t1).total_seconds() <= 2
@@ -279,7 +260,7 @@ def test_demo_resumes_from_last_event_id(demo):
                       timeout=5).raise_for_status()
         ids.append(f"resume-{i}")
     with SSEReader(demo.url + "sse", headers={"Last-Event-ID": "resume-0"}) as reader:
-        got = [next_event(reader, not_clock).data for _ in range(2)]
+        got = [reader.next_event(not_clock).data for _ in range(2)]
     assert got == ["r1", "r2"]
 
 
@@ -287,7 +268,7 @@ def test_demo_resumes_from_last_event_id(demo):
 def test_demo_signal_ends_streams_and_exits_0(start_demo, sig):
     d = start_demo("--port", "0", "--quiet")
     with SSEReader(d.url + "sse") as reader:
-        next_event(reader, lambda e: e.event == CLOCK_EVENT, timeout=3)
+        reader.next_event(lambda e: e.event == CLOCK_EVENT, timeout=3)
         t0 = time.monotonic()
         d.proc.send_signal(sig)
         reader.read_until_eof(3)  # the stream ends cleanly (chunked end, no reset)
@@ -323,7 +304,7 @@ def test_demo_gunicorn(start_demo):
         wait_sessions(d.url, 1)
         requests.post(d.url + "publish", json={"data": "via gunicorn"},
                       timeout=5).raise_for_status()
-        assert next_event(reader, not_clock).data == "via gunicorn"
+        assert reader.next_event(not_clock).data == "via gunicorn"
         t0 = time.monotonic()
         d.proc.send_signal(signal.SIGTERM)
         reader.read_until_eof(3)  # the worker hook ends the streams at once

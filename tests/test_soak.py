@@ -298,10 +298,15 @@ def nothing_lost_gthread(seconds, feeds, raws, seed):
         assert totals["server-side ends"] + totals["feed self-reconnects"] > 0   # max age
         stats = requests.get(f"{url}/stats", timeout=5).json()
         assert stats["sessions_dropped_slow"] == 0
-        proc.terminate()
-        proc.wait(15)
-        log = proc.stdout.read().decode("utf-8", "replace")
-        assert "Traceback" not in log, log
+        assert_clean_exit(proc)
+
+
+def assert_clean_exit(proc):
+    """Stop the server and check its log holds no traceback."""
+    proc.terminate()
+    proc.wait(15)
+    log = proc.stdout.read().decode("utf-8", "replace")
+    assert "Traceback" not in log, log
 
 
 def test_nothing_lost_gthread_short():
@@ -382,10 +387,7 @@ def nothing_lost_redis(seconds, feeds, raws, seed):
                               for pid, (sig, n, _) in signalled.items())
                   + f"; {moved} clients resumed on other workers")
             assert totals["client disconnects"] > len(clients)
-            proc.terminate()
-            proc.wait(15)
-            log = proc.stdout.read().decode("utf-8", "replace")
-            assert "Traceback" not in log, log
+            assert_clean_exit(proc)
 
 
 def test_nothing_lost_redis_worker_stopped_and_killed_short():
