@@ -202,9 +202,9 @@ class Subscription:
 
     # sub.feed is a plain queue.Queue, so that it holds only events and works
     # like any queue; the methods below use its documented condition
-    # variables, _qsize/_get hooks and the deque it keeps its items in (``queue``)
-    # to wait for "an event or the end"
-    # and to move a batch of events under one lock acquisition.
+    # variables, its _qsize/_get hooks and the deque holding its items
+    # (q.queue) to wait for "an event or the end" and to move a batch of
+    # events under one lock acquisition.
 
     def _next(self, timeout: Optional[float]) -> Optional[Event]:
         q = self.feed

@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, NoReturn, Optional, Tuple
 
 from .event import HEARTBEAT
 
@@ -239,7 +239,7 @@ class SessionStream:
             timeout = min(timeout, left)
         return timeout
 
-    def _serve_direct(self) -> bytes:
+    def _serve_direct(self) -> NoReturn:
         """Write to the socket from this thread until the stream ends, then
         return control to the server (which writes the last chunk)."""
         items = self._items
@@ -266,7 +266,8 @@ class SessionStream:
                 # Producers write without waking this thread: the silence
                 # that calls for a heartbeat is counted from their last write.
                 quiet = _monotonic() - self._sent_at
-                if not self._wake.acquire(timeout=max(0.0, min(timeout, self._heartbeat - quiet))):
+                timeout = max(0.0, min(timeout, self._heartbeat - quiet))
+                if not self._wake.acquire(timeout=timeout):
                     with lock:
                         if (not items and not self._partial and not self.ending
                                 and _monotonic() - self._sent_at >= self._heartbeat):

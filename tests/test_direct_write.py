@@ -332,3 +332,26 @@ def test_head_request_gets_headers_and_holds_nothing(server):
     st = stats(server)
     assert st["sessions_total"] == before + 1
     assert requests.post(f"{server}/send/head", data={"data": "x"}, timeout=5).status_code == 404
+
+
+def test_direct_write_possible_only_for_gunicorn_http11_plain_sockets():
+    import ssl
+    from gosse.stream import direct_write_possible
+
+    plain = socket.socket()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    tls = context.wrap_socket(socket.socket(), do_handshake_on_connect=False)
+    base = {"gunicorn.socket": plain, "SERVER_SOFTWARE": "gunicorn/27.0.1",
+            "SERVER_PROTOCOL": "HTTP/1.1", "REQUEST_METHOD": "GET"}
+    headers = [("Content-Type", "text/event-stream")]
+    try:
+        assert direct_write_possible(base, headers)
+        for change in ({"gunicorn.socket": tls}, {"gunicorn.socket": None},
+                       {"SERVER_SOFTWARE": "Werkzeug/3.1"}, {"SERVER_PROTOCOL": "HTTP/1.0"},
+                       {"SERVER_PROTOCOL": "HTTP/2.0"}, {"REQUEST_METHOD": "HEAD"}):
+            assert not direct_write_possible({**base, **change}, headers), change
+        assert not direct_write_possible(base, headers + [("content-length", "10")])
+    finally:
+        plain.close()
+        tls.close()
