@@ -13,7 +13,7 @@ import requests
 
 from gosse.cli import build_parser, main
 from servers import ROOT, SSEReader, free_port, werkzeug_server
-from test_demo import DemoProcess, child_env, next_event, not_clock
+from test_demo import DemoProcess, child_env, not_clock
 
 
 def run_cli(*args, timeout=20.0):
@@ -274,12 +274,12 @@ def test_publish(demo):
                       "--event", "greeting", "--id", "p-1")
         assert out.returncode == 0, out.stderr
         assert re.fullmatch(r"published to [1-9]\d* streams?\n", out.stdout)
-        e = next_event(reader, not_clock)
+        e = reader.next_event(not_clock)
         assert (e.event, e.data, e.id) == ("greeting", "hi <there>", "p-1")
         # A URL without a path means the demo's /publish.
         out = run_cli("publish", demo.url.rstrip("/"), "-d", "short form")
         assert out.returncode == 0, out.stderr
-        e = next_event(reader, not_clock)
+        e = reader.next_event(not_clock)
         assert (e.event, e.data) == ("message", "short form")
 
 
