@@ -22,12 +22,12 @@ the backplane runs a listener and a heartbeat thread per process.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
 import uuid
 import weakref
-from collections import deque
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple,
                     Union)
 from urllib.parse import parse_qs
@@ -35,8 +35,11 @@ from urllib.parse import parse_qs
 from .backplane import Backplane, InProcessBackplane
 from .errors import BrokerClosedError, SSEError, UnknownClientError
 from .event import Event, encode_comment
-from .stream import (ENDED_BY_APP, ENDED_BY_BROKER, ENDED_SLOW, SessionStream,
-                     direct_write_possible, frame_chunk)
+from .registry import History, Registry, Target
+from .session import (ENDED_BY_APP, ENDED_BY_BROKER, ENDED_BY_CLIENT, ENDED_NOT_SERVED,
+                      ENDED_SLOW, Mailbox, Session)
+from .stream import SessionStream
+from .writer import SocketWriter, frame_chunk
 
 __all__ = ["Broker", "ClientConnection", "Refusal", "RESET_EVENT", "live_brokers"]
 
@@ -79,8 +82,15 @@ _STREAM_HEADERS = [
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
 
-# A delivery target: (kind, name) with kind "all", "client" or "topic".
-Target = Tuple[str, Optional[str]]
+#: Seconds a clean end (``ClientConnection.close``, ``Broker.close``) may
+#: take to write what is queued before the connection is cut.
+CLOSE_TIMEOUT = 1.0
+#: Seconds a session may wait for a server to begin sending its response.
+PENDING_TIMEOUT = 5.0
+#: A served stream whose server has not asked for bytes for two heartbeat
+#: intervals plus this many seconds is taken for gone.
+STALL_GRACE = 5.0
+JANITOR_INTERVAL = 0.5
 ConnectHook = Callable[[dict], Optional[Tuple[Union[int, str], str]]]
 
 
@@ -118,18 +128,19 @@ class ClientConnection:
 
     refused = False
 
-    def __init__(self, broker: "Broker", client_id: str, session_id: str,
-                 stream: SessionStream, topics: frozenset, headers: List[Tuple[str, str]]):
+    def __init__(self, broker: "Broker", session: Session, stream: SessionStream,
+                 headers: List[Tuple[str, str]]):
         self._broker = broker
-        self.id = client_id
-        self.session_id = session_id
+        self.session = session
         self.stream = stream
-        self.topics = topics
-        self.done = threading.Event()
+        self.id = session.client_id
+        self.session_id = session.session_id
+        self.topics = session.topics
+        self.done = session.done
         self._headers = headers
         self._called = False
 
-    def __call__(self, environ: dict, start_response: Callable) -> SessionStream:
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
         if self._called:
             raise SSEError("a ClientConnection serves one response; call Broker.connect again")
         self._called = True
@@ -137,34 +148,35 @@ class ClientConnection:
         if environ.get("REQUEST_METHOD") == "HEAD":
             # Headers only: a server drops a HEAD response's body, so a stream
             # would hold its thread without ever finding the client gone.
-            self.close()
+            self.session.release(ENDED_BY_APP)
             return []
         return self.stream
 
     def send(self, event: Event) -> bool:
         """Send an event to this session only.  Returns False if the session
-        has ended (or was just ended because it does not keep up)."""
-        return self._broker._send_session(self, event)
+        has ended (or was just ended because it does not keep up).  With
+        ``auto_id`` or an id it is kept in the replay history, and replayed to
+        a session of the same client that resumes from before it."""
+        return self._broker._send_session(self.session, event)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the session ends (or ``timeout`` seconds pass); return
         whether it ended."""
         return self.done.wait(timeout)
 
-    def close(self) -> None:
-        """End this session's response promptly: the stream writes what is
-        already queued, then finishes; the disconnect callback runs once."""
-        self.stream.end(ENDED_BY_APP)
-        if not self.stream.started:
-            # Never handed to a server (or not iterated yet): nobody else will
-            # call close() on the body.
-            self.stream.close()
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """End this session's response: the stream writes what is already
+        queued, then finishes; the disconnect callback runs once.  Returns at
+        once.  A stream that has not finished within ``timeout`` seconds (its
+        reader stopped reading) has its connection cut, so the session always
+        ends within about ``timeout`` seconds."""
+        self._broker._end_session(self.session, ENDED_BY_APP, timeout)
 
     @property
     def end_reason(self) -> Optional[str]:
         """Why the session ended ("disconnected", "closed", "broker closed",
-        "slow reader", "max age"), or None while it is open."""
-        return self.stream.end_reason if self.stream.closed else None
+        "slow reader", "max age", "not served"), or None while it is open."""
+        return self.session.end_reason if self.done.is_set() else None
 
     def __repr__(self) -> str:
         state = "open" if not self.done.is_set() else f"ended: {self.end_reason}"
@@ -177,12 +189,16 @@ class Broker:
     * ``headers``: extra response headers for every stream (e.g. CORS).
     * ``heartbeat_interval``: seconds of silence after which a stream writes
       a comment, so proxies keep it open and dead peers are found.
-    * ``queue_size``: events a session may have waiting; a session whose
-      reader falls further behind is disconnected (and resumes by
-      ``Last-Event-ID``) so that no broadcast ever blocks on it.
+    * ``queue_size`` / ``queue_bytes``: events and bytes a session may have
+      waiting; a session whose reader falls further behind is disconnected
+      (and resumes by ``Last-Event-ID``) so that no broadcast ever blocks on
+      it.  A replay is bounded by ``queue_bytes`` too: a client that missed
+      more gets the reset event instead.
     * ``history``: how many events with ids to keep for replay to a client
-      reconnecting with ``Last-Event-ID``; ``auto_id=True`` numbers every
-      event that has no id, so everything is resumable.
+      reconnecting with ``Last-Event-ID``; ``auto_id=True`` gives every event
+      sent without an id one (``broadcast``, ``send``, ``publish`` and
+      ``ClientConnection.send``), unique across broker lifetimes, so
+      everything is resumable.
     * ``retry``: reconnection time (ms) sent to clients as the first bytes.
     * ``on_connect(environ)``: return None to accept a stream, or
       ``(status, message)`` to refuse it before any header is sent.
@@ -202,19 +218,19 @@ class Broker:
       number of sessions *of this process* the event is addressed to, and
       raise :class:`gosse.backplane.BackplaneError` when the backplane is
       unreachable.  ``close()`` closes the backplane too.
-    * ``direct_write``: under gunicorn's gthread (or sync) worker on plain
-      HTTP/1.1, deliver each event by writing it to the stream's socket from
-      the thread that broadcasts it, without waking the stream's thread
-      (which only finishes writes the socket could not take at once).  This
-      is what makes a broadcast to thousands of threaded streams cheap; it
-      bypasses WSGI middleware that rewrites response bodies, so set it to
-      False if such middleware wraps your streams (compressing middleware
-      already breaks event streams by buffering them), and under gunicorn's
-      ``--protocol uwsgi``.  Other servers always use the WSGI iterable.
+    * ``direct_write``: under gunicorn's gthread or sync worker, HTTP/1.1
+      and nothing between gunicorn and the stream that could rewrite the
+      body, a stream hands its socket to the broker's writer thread, which
+      sends each event to every such stream without waking their threads
+      (see :mod:`gosse.writer` for the exact conditions).  Everywhere else
+      (Werkzeug, waitress, uWSGI, gevent/eventlet, TLS, HTTP/1.0, the
+      uwsgi protocol, body-rewriting middleware) streams use the WSGI
+      iterable.  False always uses the iterable.
     """
 
     def __init__(self, headers: Optional[Mapping[str, str]] = None, *,
                  heartbeat_interval: float = 15.0, queue_size: int = 1024,
+                 queue_bytes: int = 8 << 20,
                  history: int = 0, auto_id: bool = False, retry: Optional[int] = None,
                  on_connect: Optional[ConnectHook] = None,
                  max_sessions: Optional[int] = None,
@@ -226,6 +242,8 @@ class Broker:
         _positive("heartbeat_interval", heartbeat_interval)
         if type(queue_size) is not int or queue_size < 1:
             raise ValueError(f"queue_size must be a positive int, not {queue_size!r}")
+        if type(queue_bytes) is not int or queue_bytes < 1:
+            raise ValueError(f"queue_bytes must be a positive int, not {queue_bytes!r}")
         if type(history) is not int or history < 0:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
         if max_connection_age is not None:
@@ -233,6 +251,7 @@ class Broker:
         self.headers = _stream_headers(headers)
         self.heartbeat_interval = float(heartbeat_interval)
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.auto_id = auto_id
         self.on_connect = on_connect
         self.max_sessions = max_sessions
@@ -242,17 +261,27 @@ class Broker:
         self.direct_write = direct_write
         self._first_bytes = (Event(None, retry=retry).encode() if retry is not None
                              else b":ok\n\n")
+        # Two locks, always taken in this order: the delivery lock orders the
+        # fan-out of events (it is held while events are put into mailboxes
+        # or handed to the writer, never across a socket call); the registry
+        # lock guards the registry, history, ids, metadata and counters, and
+        # is held only for O(1) work (or a bounded replay scan).
+        self._deliver_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._sessions: Dict[SessionStream, ClientConnection] = {}
-        self._clients: Dict[str, Dict[str, ClientConnection]] = {}
-        self._topics: Dict[str, Dict[SessionStream, None]] = {}
+        self._registry = Registry()
+        self._conns: Dict[Session, ClientConnection] = {}   # registry lock
         self._metadata: Dict[str, Any] = {}
-        self._history: Optional[deque] = deque(maxlen=history) if history else None
+        self._history: Optional[History] = History(history) if history else None
+        # Auto ids are "<epoch>-<n>": a new epoch per broker, so that an id of
+        # a previous process never names a new event.
+        self._epoch = _new_epoch()
         self._next_id = 0
         self._on_disconnect: Optional[Callable[[str, str], Any]] = None
         self._closed = False
         self._counts = {"events_delivered": 0, "sessions_dropped_slow": 0,
-                        "sessions_total": 0}
+                        "sessions_total": 0, "sessions_not_served": 0}
+        self._writer: Optional[SocketWriter] = None   # under the delivery lock
+        self._janitor: Optional[threading.Thread] = None   # under the registry lock
         if backplane is None:
             backplane = InProcessBackplane()
         elif not isinstance(backplane, Backplane):
@@ -283,6 +312,11 @@ class Broker:
         request's ``Last-Event-ID`` header (or ``lastEventId`` query
         parameter) when the broker keeps history.  Raises
         :class:`BrokerClosedError` after :meth:`close`.
+
+        The session is registered at once (``send``, presence and metadata
+        work immediately), but a session whose response no server begins
+        to send within a few seconds (the view returned something else, a
+        later hook raised) expires with end reason ``"not served"``.
         """
         if not isinstance(client_id, str):
             raise TypeError(f"client_id must be a str, not {type(client_id).__name__}")
@@ -304,12 +338,12 @@ class Broker:
         if self.max_connection_age is not None:
             deadline = time.monotonic() + self.max_connection_age * random.uniform(0.9, 1.0)
         sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-        direct = self.direct_write and direct_write_possible(environ, self.headers)
-        stream = SessionStream(self._first_bytes, heartbeat, self.queue_size,
-                               self._stream_closed, sock=sock, deadline=deadline,
-                               direct=direct)
-        session_id = str(uuid.uuid4())
-        conn = ClientConnection(self, client_id, session_id, stream, topics, self.headers)
+        session = Session(client_id, str(uuid.uuid4()), topics,
+                          Mailbox(self.queue_size, self.queue_bytes), heartbeat, deadline,
+                          sock, self._session_released)
+        stream = SessionStream(session, self._first_bytes, environ,
+                               self._hand_over if self.direct_write else None)
+        conn = ClientConnection(self, session, stream, self.headers)
         last_id = _last_event_id(environ)
         shared = self._shared
         resume = None
@@ -322,92 +356,123 @@ class Broker:
             refusal = self._over_limit(client_id)
             if refusal is not None:
                 return refusal
-            self._sessions[stream] = conn
-            sessions = self._clients.get(client_id)
-            first = sessions is None
-            if first:
-                sessions = self._clients[client_id] = {}
-            sessions[session_id] = conn
-            for topic in topics:
-                self._topics.setdefault(topic, {})[stream] = None
+            first = self._registry.add(session)
             self._counts["sessions_total"] += 1
+            self._conns[session] = conn
             if shared:
                 if resume is not None:
                     self._backplane.complete_replay(conn, resume)
             elif last_id is not None and self._history is not None:
-                self._replay(conn, last_id)
+                missed = self._history.after(last_id, client_id, topics, self.queue_bytes)
+                session.preload([reset_event(last_id).encode()] if missed is None else missed)
+            start_janitor = self._janitor is None
+            if start_janitor:
+                self._janitor = threading.Thread(target=self._janitor_loop,
+                                                 name="gosse-janitor", daemon=True)
+        if start_janitor:
+            self._janitor.start()   # type: ignore[union-attr]
         if shared and first:
             self._backplane.client_joined(client_id)
         return conn
 
     def _over_limit(self, client_id: str) -> Optional[Refusal]:
         headers = [("Retry-After", str(self.retry_after))]
-        if self.max_sessions is not None and len(self._sessions) >= self.max_sessions:
+        registry = self._registry
+        if self.max_sessions is not None and len(registry.sessions) >= self.max_sessions:
             return Refusal("503 Service Unavailable",
                            f"too many open streams (max_sessions={self.max_sessions})", headers)
         if (self.max_sessions_per_client is not None
-                and len(self._clients.get(client_id, ())) >= self.max_sessions_per_client):
+                and len(registry.clients.get(client_id, ())) >= self.max_sessions_per_client):
             return Refusal("503 Service Unavailable",
                            "too many open streams for this client "
                            f"(max_sessions_per_client={self.max_sessions_per_client})", headers)
         return None
 
-    def _replay(self, conn: ClientConnection, last_id: str) -> None:
-        # Under self._lock: history and live delivery cannot interleave.
-        history = self._history
-        start = None
-        for i in range(len(history) - 1, -1, -1):
-            if history[i][0] == last_id:
-                start = i + 1
-                break
-        if start is None:
-            missed = [reset_event(last_id).encode()]
-        else:
-            missed = [wire for _, target, wire in list(history)[start:]
-                      if self._entitled(conn, target)]
-        conn.stream.preload(missed)
-
-    @staticmethod
-    def _entitled(conn: ClientConnection, target: Target) -> bool:
-        kind, name = target
-        return (kind == "all" or (kind == "client" and name == conn.id)
-                or (kind == "topic" and name in conn.topics))
-
-    def _stream_closed(self, stream: SessionStream) -> None:
-        # SessionStream.close() calls this exactly once per session.
-        last = False
+    def _session_released(self, session: Session) -> None:
+        # Session.release() calls this exactly once per session.
         with self._lock:
-            conn = self._sessions.pop(stream, None)
-            if conn is None:
-                return
-            sessions = self._clients.get(conn.id)
-            if sessions is not None:
-                sessions.pop(conn.session_id, None)
-                if not sessions:
-                    del self._clients[conn.id]
-                    self._metadata.pop(conn.id, None)
-                    last = True
-            for topic in conn.topics:
-                members = self._topics.get(topic)
-                if members is not None:
-                    members.pop(stream, None)
-                    if not members:
-                        del self._topics[topic]
-            if stream.end_reason == ENDED_SLOW:
+            last = self._registry.remove(session)
+            conn = self._conns.pop(session, None)
+            if last:
+                self._metadata.pop(session.client_id, None)
+            if session.end_reason == ENDED_SLOW:
                 self._counts["sessions_dropped_slow"] += 1
+            elif session.end_reason == ENDED_NOT_SERVED:
+                self._counts["sessions_not_served"] += 1
             callback = self._on_disconnect
+        if last is None:
+            return
         if last and self._shared:
             try:
-                self._backplane.client_left(conn.id)
+                self._backplane.client_left(session.client_id)
             except Exception:
-                log.exception("backplane failed to record that client %r left", conn.id)
-        conn.done.set()
+                log.exception("backplane failed to record that client %r left",
+                              session.client_id)
+        session.done.set()
         if callback is not None:
             try:
-                callback(conn.id, conn.session_id)
+                callback(session.client_id, session.session_id)
             except Exception:
                 log.exception("disconnect callback failed for client %r session %s",
-                              conn.id, conn.session_id)
+                              session.client_id, session.session_id)
+        del conn
+
+    def _end_session(self, session: Session, reason: str, timeout: float) -> None:
+        """Ask ``session`` to finish, and make sure it does within about
+        ``timeout`` seconds (the janitor cuts a stream that is stuck)."""
+        session.end(reason)
+        if session.handed_over:
+            writer = self._writer
+            if writer is not None:
+                writer.finish(session, timeout)
+        elif not session.served:
+            # No server sends it (yet): nothing else would end it.  What is
+            # queued still goes out if a server iterates it later.
+            session.release(reason)
+        else:
+            session.close_by = time.monotonic() + timeout
+
+    def _hand_over(self, session: Session, sock: Any) -> Optional[Tuple[threading.Event, Callable[[], bool]]]:
+        """The stream thread's request to give ``sock`` to the writer (see
+        :mod:`gosse.writer`); None keeps the stream on the WSGI iterable."""
+        with self._deliver_lock:
+            if session.ending or self._closed:
+                return None
+            writer = self._writer
+            if writer is None or not writer.alive or writer.pid != os.getpid():
+                writer = self._writer = SocketWriter(CLOSE_TIMEOUT)
+            pending = session.mailbox.take_all()
+            session.handed_over = True
+            finished = writer.adopt(session, sock, pending)
+        return finished, lambda: writer.alive
+
+    # -- the janitor -------------------------------------------------------
+
+    def _janitor_loop(self) -> None:
+        """Every half second while sessions exist: expire sessions no server
+        serves, end streams the server stopped iterating (a middleware that
+        drops close(), a thread stuck writing to a stalled reader) and cut
+        the ones that did not finish by their close deadline."""
+        while True:
+            time.sleep(JANITOR_INTERVAL)
+            with self._lock:
+                sessions = self._registry.recipients("all", None)
+                if not sessions:
+                    self._janitor = None
+                    return
+            now = time.monotonic()
+            for s in sessions:
+                if s.released or s.handed_over:
+                    continue
+                if not s.served:
+                    if now - s.created > PENDING_TIMEOUT:
+                        s.end(ENDED_NOT_SERVED, abort=True)
+                        s.release(ENDED_NOT_SERVED)
+                elif ((s.close_by is not None and now > s.close_by)
+                      or now - s.last_next > 2 * s.heartbeat + STALL_GRACE):
+                    s.end(ENDED_BY_CLIENT, abort=True)
+                    s.shutdown_socket()
+                    s.release()
 
     # -- delivery ----------------------------------------------------------
 
@@ -416,17 +481,15 @@ class Broker:
         sessions it was queued for.  Never blocks on a slow reader."""
         if self._shared:
             return self._backplane.publish(("all", None), event)
-        return self._deliver(("all", None), event)
+        return self._deliver("all", None, event)
 
     def send(self, client_id: str, event: Event) -> int:
         """Send ``event`` to every session of ``client_id``; raise
-        :class:`UnknownClientError` if it has none."""
+        :class:`UnknownClientError` if it has none (the event is then
+        neither recorded nor numbered)."""
         if self._shared:
             return self._backplane.publish(("client", client_id), event)
-        n = self._deliver(("client", client_id), event)
-        if n == 0 and client_id not in self._clients:
-            raise UnknownClientError(client_id)
-        return n
+        return self._deliver("client", client_id, event)
 
     def publish(self, topic: str, event: Event) -> int:
         """Send ``event`` to every session that joined ``topic``.  Returns
@@ -435,96 +498,142 @@ class Broker:
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         if self._shared:
             return self._backplane.publish(("topic", topic), event)
-        return self._deliver(("topic", topic), event)
+        return self._deliver("topic", topic, event)
 
-    def _deliver(self, target: Target, event: Event) -> int:
+    def _send_session(self, session: Session, event: Event) -> bool:
+        return self._deliver("client", session.client_id, event, session=session) > 0
+
+    def _deliver(self, kind: str, name: Optional[str], event: Event,
+                 session: Optional[Session] = None) -> int:
         if not isinstance(event, Event):
             raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
         if self._closed:
             raise BrokerClosedError("the broker is closed")
-        kind, name = target
-        with self._lock:
-            if self.auto_id and event.id is None:
-                self._next_id += 1
-                event = event.replace(id=str(self._next_id))
-            wire = event.encode()
-            if self._history is not None and event.id is not None:
-                self._history.append((event.id, target, wire))
-            if kind == "all":
-                streams = self._sessions
-            elif kind == "client":
-                sessions = self._clients.get(name)
-                streams = [c.stream for c in sessions.values()] if sessions else ()
-            else:
-                streams = self._topics.get(name, ())
-            framed = frame_chunk(wire)   # once, for streams that write directly
+        body = event.encode()           # cached on the event; outside every lock
+        event_id = event.id
+        auto = self.auto_id and event_id is None
+        with self._deliver_lock:
+            with self._lock:
+                if session is not None:
+                    recipients: Tuple[Session, ...] = (session,) if not session.released else ()
+                    if not recipients:
+                        return 0
+                else:
+                    recipients = self._registry.recipients(kind, name)
+                    if kind == "client" and not recipients:
+                        raise UnknownClientError(name)
+                if auto:
+                    self._next_id += 1
+                    event_id = f"{self._epoch}-{self._next_id}"
+                    wire = b"id: %s\n%s" % (event_id.encode(), body)
+                else:
+                    wire = body
+                if self._history is not None and event_id is not None:
+                    self._history.append(event_id, kind, name, wire)
+            n, slow = self._fan_out(wire, recipients)
+        if slow:
+            self._drop_slow(slow)
+        return n
+
+    def deliver_local(self, batch: Iterable[Tuple[Any, str, Optional[str], bytes]], *,
+                      floors: Optional[Dict[Session, Any]] = None,
+                      commit: Optional[Callable[[], None]] = None) -> int:
+        """Deliver already-encoded events to this broker's own sessions, in
+        order: the interface through which a shared backplane's listener
+        hands over what it received.
+
+        ``batch`` holds ``(position, kind, name, wire)``; ``floors`` maps a
+        session resuming ahead of this process to the position up to which
+        it must skip (entries are dropped from it once passed).  ``commit``
+        is called under the registry lock together with the snapshot of the
+        recipients: a session registered after it misses none of the batch
+        (its replay covers it) and one registered before gets it live.
+        Returns the number of deliveries.
+        """
+        if self._closed:
+            return 0
+        with self._deliver_lock:
+            with self._lock:
+                recipients = self._registry.recipients
+                work = [(pos, wire, recipients(kind, name)) for pos, kind, name, wire in batch]
+                if commit is not None:
+                    commit()
             n = 0
-            for stream in streams:
-                if stream.put(wire, framed):
+            slow: List[Session] = []
+            for pos, wire, targets in work:
+                if floors:
+                    targets = tuple(s for s in targets
+                                    if (floors.get(s) is None or pos > floors[s]))
+                k, dropped = self._fan_out(wire, targets)
+                n += k
+                slow += dropped
+            if floors and work:
+                last = work[-1][0]
+                for s in [s for s, f in floors.items() if f <= last or s.released]:
+                    del floors[s]
+        if slow:
+            self._drop_slow(slow)
+        return n
+
+    def _fan_out(self, wire: bytes, recipients: Tuple[Session, ...]) -> Tuple[int, List[Session]]:
+        """Under the delivery lock: queue ``wire`` for each recipient, and
+        hand it (framed once) to the writer for the handed-over ones."""
+        n = handed = 0
+        slow: List[Session] = []
+        for s in recipients:
+            if s.handed_over:
+                handed += 1
+            elif s.end_reason is None:
+                if s.mailbox.put(wire):
                     n += 1
-            self._counts["events_delivered"] += n
-        return n
-
-    def _put_batch(self, batch: List[Tuple[Any, str, Optional[str], bytes]],
-                   floors: Optional[Dict[SessionStream, Any]]) -> int:
-        """Under ``self._lock``: queue already-encoded events, in order, for
-        the local sessions each one targets (a shared backplane's listener
-        delivers a batch of entries per lock).  ``batch`` holds
-        ``(position, kind, name, wire)``; ``floors`` maps a stream resuming
-        ahead of this process to the position up to which it must skip."""
-        sessions = self._sessions
-        clients = self._clients
-        topics = self._topics
-        n = 0
-        for seq, kind, name, wire in batch:
-            if kind == "all":
-                streams = sessions
-            elif kind == "client":
-                found = clients.get(name)
-                streams = [c.stream for c in found.values()] if found else ()
-            else:
-                streams = topics.get(name, ())
-            framed = frame_chunk(wire)
-            if floors:
-                for stream in streams:
-                    floor = floors.get(stream)
-                    if floor is not None and seq <= floor:
-                        continue
-                    if stream.put(wire, framed):
-                        n += 1
-            else:
-                for stream in streams:
-                    if stream.put(wire, framed):
-                        n += 1
-        if floors and batch:
-            last = batch[-1][0]
-            for stream in [s for s, f in floors.items() if f <= last or s not in sessions]:
-                del floors[stream]
+                else:
+                    slow.append(s)
+        if handed:
+            writer = self._writer
+            if writer is not None:
+                writer.deliver(frame_chunk(wire), recipients)
+                n += handed
         self._counts["events_delivered"] += n
-        return n
+        return n, slow
 
-    def _send_session(self, conn: ClientConnection, event: Event) -> bool:
-        if not isinstance(event, Event):
-            raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
-        wire = event.encode()
-        with self._lock:
-            ok = conn.stream.put(wire)
-            self._counts["events_delivered"] += ok
-        return ok
+    def _drop_slow(self, sessions: List[Session]) -> None:
+        """Outside the locks: end sessions whose queue overflowed; cut the
+        connection of one being served (its thread may be stuck writing)."""
+        for s in sessions:
+            if s.end(ENDED_SLOW, abort=True):
+                if s.served:
+                    s.shutdown_socket()
+                else:
+                    s.release(ENDED_SLOW)
 
     # -- clients -----------------------------------------------------------
 
     def is_client_present(self, client_id: str) -> bool:
         """Whether ``client_id`` has at least one open session (in any
         process, with a shared backplane)."""
-        if client_id in self._clients:
+        if client_id in self._registry.clients:
             return True
         return self._shared and self._backplane.is_client_present(client_id)
+
+    def has_local_client(self, client_id: str) -> bool:
+        """Whether ``client_id`` has an open session in this broker."""
+        return client_id in self._registry.clients
+
+    def local_clients(self) -> List[str]:
+        """The ids of the clients with an open session in this broker."""
+        with self._lock:
+            return list(self._registry.clients)
+
+    def local_count(self, kind: str, name: Optional[str]) -> int:
+        """How many of this broker's sessions ``(kind, name)`` reaches."""
+        with self._lock:
+            return self._registry.count(kind, name)
 
     def sessions(self, client_id: str) -> List[ClientConnection]:
         """The open sessions of ``client_id`` (empty if none)."""
         with self._lock:
-            return list(self._clients.get(client_id, {}).values())
+            found = self._registry.clients.get(client_id, {})
+            return [self._conns[s] for s in found.values() if s in self._conns]
 
     def set_client_metadata(self, client_id: str, metadata: Any) -> None:
         """Attach any value to a connected client; it is dropped with the
@@ -535,7 +644,7 @@ class Broker:
         if self._shared:
             return self._backplane.set_client_metadata(client_id, metadata)
         with self._lock:
-            if client_id not in self._clients:
+            if client_id not in self._registry.clients:
                 raise UnknownClientError(client_id)
             self._metadata[client_id] = metadata
 
@@ -545,7 +654,7 @@ class Broker:
         if self._shared:
             return self._backplane.get_client_metadata(client_id)
         with self._lock:
-            if client_id not in self._clients:
+            if client_id not in self._registry.clients:
                 raise UnknownClientError(client_id)
             return self._metadata.get(client_id)
 
@@ -561,14 +670,19 @@ class Broker:
 
     def stats(self) -> Dict[str, int]:
         """Counters: open ``clients`` and ``sessions``, ``sessions_direct``
-        (sessions writing events straight to their socket, see
-        ``direct_write``), ``queued`` events, ``events_delivered`` (per
-        session), ``sessions_dropped_slow``, ``sessions_total`` (ever opened)."""
+        (sessions whose socket the writer holds, see ``direct_write``),
+        ``queued`` events, ``events_delivered`` (per session),
+        ``sessions_dropped_slow``, ``sessions_not_served`` (expired before a
+        server sent them), ``sessions_total`` (ever opened)."""
         with self._lock:
-            streams = list(self._sessions)
-            stats = {"clients": len(self._clients), "sessions": len(streams),
-                     "sessions_direct": sum(s.direct for s in streams),
-                     "queued": sum(s.queued() for s in streams), **self._counts}
+            sessions = self._registry.recipients("all", None)
+            stats = {"clients": len(self._registry.clients), "sessions": len(sessions),
+                     **self._counts}
+        stats["sessions_direct"] = sum(1 for s in sessions if s.handed_over and not s.released)
+        stats["queued"] = sum(len(s.mailbox) for s in sessions)
+        writer = self._writer
+        if writer is not None:
+            stats["queued"] += writer.queued()
         if self._shared:
             stats.update(self._backplane.stats())
         return stats
@@ -580,26 +694,33 @@ class Broker:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """End every open stream and refuse new ones.
 
         Streams finish cleanly (what is queued is written first); a stream
-        whose server thread is still stuck after ``timeout`` seconds (a reader
-        that stopped reading) has its socket shut down.  Returns within about
+        that has not finished after ``timeout`` seconds (a reader that
+        stopped reading) has its connection cut.  Returns within about
         ``timeout`` seconds.
         """
         with self._lock:
             self._closed = True
-            conns = list(self._sessions.values())
+            sessions = self._registry.recipients("all", None)
         _live.discard(self)
-        for conn in conns:
-            conn.stream.end(ENDED_BY_BROKER)
-            if not conn.stream.started:
-                conn.stream.close()
+        for s in sessions:
+            self._end_session(s, ENDED_BY_BROKER, timeout)
         deadline = time.monotonic() + timeout
-        for conn in conns:
-            if not conn.done.wait(max(0.0, deadline - time.monotonic())):
-                conn.stream.shutdown_socket()
+        for s in sessions:
+            if not s.done.wait(max(0.0, deadline - time.monotonic())):
+                if not s.handed_over:
+                    s.end(ENDED_BY_BROKER, abort=True)
+                    s.shutdown_socket()
+                    s.release()
+        with self._deliver_lock:
+            writer = self._writer
+        if writer is not None:
+            writer.stop()
+            for s in sessions:   # the writer's own deadline cuts what is left
+                s.done.wait(max(0.0, deadline + 1.0 - time.monotonic()))
         self._backplane.close()
 
     def __enter__(self) -> "Broker":
@@ -611,8 +732,25 @@ class Broker:
     def comment(self, text: str = "") -> int:
         """Write a comment to every open session (receivers ignore it)."""
         wire = encode_comment(text)
-        with self._lock:
-            return sum(1 for s in self._sessions if s.put(wire))
+        with self._deliver_lock:
+            with self._lock:
+                recipients = self._registry.recipients("all", None)
+            n, slow = self._fan_out(wire, recipients)
+        if slow:
+            self._drop_slow(slow)
+        return n
+
+
+def _new_epoch() -> str:
+    """A short prefix unique to this broker's lifetime: milliseconds since
+    the epoch and 16 random bits, in base 36."""
+    value = (int(time.time() * 1000) << 16) | random.getrandbits(16)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while value:
+        value, r = divmod(value, 36)
+        out = digits[r] + out
+    return out
 
 
 def _positive(name: str, value: Any) -> None:

@@ -73,6 +73,7 @@ def _disconnected(client_id, session_id):
 broker = Broker(heartbeat_interval=float(os.environ.get("GOSSE_TEST_HEARTBEAT", "15")),
                 history=int(os.environ.get("GOSSE_TEST_HISTORY", "0")),
                 queue_size=int(os.environ.get("GOSSE_TEST_QUEUE", "1024")),
+                queue_bytes=int(os.environ.get("GOSSE_TEST_QUEUE_BYTES", str(8 << 20))),
                 direct_write=os.environ.get("GOSSE_TEST_DIRECT", "1") == "1",
                 max_connection_age=float(os.environ.get("GOSSE_TEST_MAX_AGE", "0")) or None)
 broker.set_disconnect_callback(_disconnected)

@@ -228,7 +228,7 @@ def test_demo_publish_form_and_json_reach_the_stream(demo):
         assert r.status_code == 200
         e = reader.next_event(not_clock)
         assert (e.event, e.data) == ("message", "from JSON <b>")
-        assert e.id.isdigit()  # numbered by the broker
+        assert re.fullmatch(r"[0-9a-z]+-[0-9]+", e.id)  # numbered by the broker
         requests.post(demo.url + "publish", json={"data": {"n": 1}, "event": "j"}, timeout=5)
         assert reader.next_event(not_clock).data == '{"n":1}'
         stats = requests.get(demo.url + "stats", timeout=5).json()
@@ -250,7 +250,8 @@ def test_demo_clock_ticks(demo):
     t1 = datetime.datetime.fromisoformat(first.data)
     t2 = datetime.datetime.fromisoformat(second.data)
     assert 0.5 <= (t2 - t1).total_seconds() <= 2
-    assert int(second.id) > int(first.id)
+    epoch, n1 = first.id.rsplit("-", 1)
+    assert second.id.startswith(epoch + "-") and int(second.id.rsplit("-", 1)[1]) > int(n1)
 
 
 def test_demo_resumes_from_last_event_id(demo):

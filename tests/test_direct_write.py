@@ -110,7 +110,8 @@ class RawStream:
 
 @pytest.fixture(scope="module")
 def server():
-    env = {"GOSSE_TEST_QUEUE": "100000", "GOSSE_TEST_HEARTBEAT": "0.3"}
+    env = {"GOSSE_TEST_QUEUE": "100000", "GOSSE_TEST_QUEUE_BYTES": str(64 << 20),
+           "GOSSE_TEST_HEARTBEAT": "0.3"}
     with gunicorn_server("broker_app:app", threads=40, env=env) as (url, proc):
         yield url
 
@@ -274,50 +275,85 @@ def test_max_connection_age_ends_a_direct_stream_cleanly():
             s.close()
 
 
-# -- the stream alone, over a socketpair ------------------------------------------------
+# -- the writer alone, over a socketpair ------------------------------------------------
 
-def test_interleaved_direct_and_thread_writes_keep_order():
-    """20,000 events put as fast as possible on a stream whose reader drains
-    a small socket buffer in small reads: direct sends, partial sends and
-    the stream thread's writes of what queued meanwhile interleave; the
-    reader must see every event once, in order, in valid chunks."""
+def _writer_session(sock, **kw):
+    from gosse.session import Mailbox, Session
+    released = threading.Event()
+    session = Session("w", "s1", frozenset(), Mailbox(kw.get("items", 1_000_000),
+                                                      kw.get("bytes", 1 << 30)),
+                      kw.get("heartbeat", 30.0), None, sock, lambda s: released.set())
+    session.served = True
+    return session, released
+
+
+def test_writer_partial_sends_keep_framing_and_order():
+    """20,000 events handed to the writer for a socket with a 4 KiB send
+    buffer, read in 512-byte reads: the writer's partial sends, its joined
+    bursts and its flushes must give every event once, in order, in valid
+    chunks; finishing then gives the socket back blocking, with nothing after
+    the last event, so the server's last chunk follows cleanly."""
     from gosse import Event
-    from gosse.stream import SessionStream, frame_chunk
+    from gosse.writer import SocketWriter, frame_chunk
 
     server, client = socket.socketpair()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    closed = threading.Event()
-    stream = SessionStream(b":ok\n\n", 30.0, 1_000_000, lambda s: closed.set(),
-                           sock=server, direct=True)
-    # What a server does: write the first bytes, then iterate on its own thread.
-    server.sendall(frame_chunk(next(stream)))
-
-    def serve():
-        try:
-            for data in stream:
-                server.sendall(frame_chunk(data))
-        finally:
-            server.sendall(b"0\r\n\r\n")
-            stream.close()
-
-    server_thread = threading.Thread(target=serve)
-    server_thread.start()
+    server.settimeout(7.0)   # the server's own setting: restored on give-back
+    writer = SocketWriter()
+    session, _ = _writer_session(server)
     reader = RawStream.__new__(RawStream)   # the strict decoder, on this socket
     reader.sock, reader.buf, reader.chunked = client, bytearray(), True
     reader.parser, reader.events, reader.ended = EventStreamParser(), [], False
     client.settimeout(30)
-    got = []
-    reader_thread = threading.Thread(target=lambda: got.extend(reader.read_events(20000, 512)))
+    reader_thread = threading.Thread(target=lambda: reader.read_events(20001, 512))
     reader_thread.start()
-    assert wait_until(lambda: stream.direct, timeout=5)
-    wires = [Event(f"{i:08d}" + "z" * (i % 300), id=str(i)).encode() for i in range(20000)]
-    for wire in wires:
-        assert stream.put(wire, frame_chunk(wire))
+    finished = writer.adopt(session, server, [Event("queued before", id="-1").encode()])
+    recipients = (session,)
+    for i in range(20000):
+        writer.deliver(frame_chunk(Event(f"{i:08d}" + "z" * (i % 300), id=str(i)).encode()),
+                       recipients)
     reader_thread.join(60)
-    stream.end("closed")
-    server_thread.join(10)
-    assert closed.wait(5)
-    assert [e.id for e in got] == [str(i) for i in range(20000)]
+    session.end("closed")
+    writer.finish(session)
+    assert finished.wait(5) and not session.abort
+    assert server.gettimeout() == 7.0
+    server.sendall(b"0\r\n\r\n")   # what the server writes next
+    reader.read_to_end()
+    assert [e.id for e in reader.events] == ["-1"] + [str(i) for i in range(20000)]
+    assert reader.ended
+    writer.stop()
+    writer.join(5)
+    server.close()
+    client.close()
+
+
+def test_writer_cuts_a_half_sent_chunk_at_its_deadline():
+    """A clean end whose flush cannot finish (the reader stopped reading)
+    cuts the connection at the deadline instead of handing a half-written
+    chunk back to the server (defect 1 of issue 12)."""
+    from gosse.writer import SocketWriter, frame_chunk
+
+    server, client = socket.socketpair()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer = SocketWriter(close_timeout=0.3)
+    session, _ = _writer_session(server)
+    finished = writer.adopt(session, server, [])
+    writer.deliver(frame_chunk(b"data: " + b"x" * (2 << 20) + b"\n\n"), (session,))
+    session.end("closed")
+    writer.finish(session)
+    assert finished.wait(5)
+    assert session.abort and session.end_reason == "closed"
+    client.settimeout(5)
+    received = 0
+    while True:
+        data = client.recv(1 << 16)
+        if not data:
+            break
+        received += len(data)
+    assert 0 < received < 2 << 20   # cut inside the chunk, and EOF: never a last chunk
+    writer.stop()
+    writer.join(5)
     server.close()
     client.close()
 
@@ -334,24 +370,49 @@ def test_head_request_gets_headers_and_holds_nothing(server):
     assert requests.post(f"{server}/send/head", data={"data": "x"}, timeout=5).status_code == 404
 
 
-def test_direct_write_possible_only_for_gunicorn_http11_plain_sockets():
+def test_handoff_only_for_an_exact_allow_list():
+    """handoff_socket says yes only for gunicorn's own loop (or Werkzeug's
+    pass-through iterators) framing HTTP/1.1 chunks on a plain socket."""
     import ssl
-    from gosse.stream import direct_write_possible
+    import types
+    from gosse.writer import handoff_socket
 
     plain = socket.socket()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     tls = context.wrap_socket(socket.socket(), do_handshake_on_connect=False)
-    base = {"gunicorn.socket": plain, "SERVER_SOFTWARE": "gunicorn/27.0.1",
-            "SERVER_PROTOCOL": "HTTP/1.1", "REQUEST_METHOD": "GET"}
-    headers = [("Content-Type", "text/event-stream")]
+    # A stand-in for gunicorn's worker loop and Response (their names are
+    # what the allow-list checks; the real ones run in the tests above).
+    fake = types.ModuleType("gunicorn.http.wsgi")
+    exec("class Response:\n"
+         "    def __init__(self, sock, chunked, sent):\n"
+         "        self.sock, self.chunked, self.headers_sent = sock, chunked, sent\n",
+         fake.__dict__)
+    loop = {"__name__": "gunicorn.workers.gthread", "Response": fake.Response}
+    exec("def handle_request(sock, chunked, sent, call):\n"
+         "    resp = Response(sock, chunked, sent)\n"
+         "    return call()\n", loop)
+    middle = {"__name__": "myapp.middleware"}
+    exec("def rewrite(call):\n    return call()\n", middle)
+    import sys
+
+    def ask(environ, chunked=True, sent=True, through=None):
+        def call():
+            return handoff_socket(environ, sys._getframe(1))
+        if through is not None:
+            return loop["handle_request"](plain, chunked, sent, lambda: through(call))
+        return loop["handle_request"](plain, chunked, sent, call)
+
+    env = {"gunicorn.socket": plain}
     try:
-        assert direct_write_possible(base, headers)
-        for change in ({"gunicorn.socket": tls}, {"gunicorn.socket": None},
-                       {"SERVER_SOFTWARE": "Werkzeug/3.1"}, {"SERVER_PROTOCOL": "HTTP/1.0"},
-                       {"SERVER_PROTOCOL": "HTTP/2.0"}, {"REQUEST_METHOD": "HEAD"}):
-            assert not direct_write_possible({**base, **change}, headers), change
-        assert not direct_write_possible(base, headers + [("content-length", "10")])
+        assert ask(env) is plain
+        assert ask(env, chunked=False) is None            # HTTP/1.0, HEAD, uwsgi, length
+        assert ask(env, sent=False) is None
+        assert ask(env, through=middle["rewrite"]) is None  # unknown middleware frame
+        assert ask({"gunicorn.socket": tls}) is None
+        assert ask({"gunicorn.socket": None}) is None
+        assert ask({"werkzeug.socket": plain}) is None
+        assert handoff_socket(env, sys._getframe()) is None   # not a server loop
     finally:
         plain.close()
         tls.close()

@@ -59,7 +59,7 @@ class Backplane:
       session is registered, outside the lock (may do I/O; ``last_id`` is
       None without ``Last-Event-ID``); a token that is not None is handed to
       ``complete_replay(conn, token)`` under the broker lock, atomically with
-      live delivery, which queues on ``conn.stream`` the events after
+      live delivery, which queues (``conn.session.preload``) the events after
       ``last_id`` that the session is entitled to, or a reset event.
     * ``stats()``: extra integer counters merged into ``Broker.stats()``.
     * ``close()``: stop its threads and release presence; called by
@@ -88,7 +88,8 @@ class Backplane:
     # in-process versions describe what the broker does on its own.
 
     def publish(self, target: "Target", event: "Event") -> int:
-        return self._bound()._deliver(target, event)
+        kind, name = target
+        return self._bound()._deliver(kind, name, event)
 
     def client_joined(self, client_id: str) -> None:
         pass
@@ -97,7 +98,7 @@ class Backplane:
         pass
 
     def is_client_present(self, client_id: str) -> bool:
-        return client_id in self._bound()._clients
+        return self._bound().has_local_client(client_id)
 
     def set_client_metadata(self, client_id: str, metadata: Any) -> None:
         raise NotImplementedError
@@ -137,8 +138,7 @@ class InProcessBackplane(Backplane):
 def _entries_for(conn: "ClientConnection",
                  entries: List[Tuple[str, Optional[str], bytes]]) -> List[bytes]:
     """The wires of ``entries`` ((kind, name, wire)) that ``conn`` may see."""
+    from ..registry import entitled
     cid = conn.id
     topics = conn.topics
-    return [wire for kind, name, wire in entries
-            if kind == "all" or (kind == "client" and name == cid)
-            or (kind == "topic" and name in topics)]
+    return [wire for kind, name, wire in entries if entitled(kind, name, cid, topics)]

@@ -357,8 +357,8 @@ class RedisBackplane(Backplane):
                 t.join(timeout)
             broker = self._broker
             if broker is not None and self._up:
-                with self._presence_lock, broker._lock:
-                    gone = set(broker._clients) | self._pending_leave
+                with self._presence_lock:
+                    gone = set(broker.local_clients()) | self._pending_leave
                 try:
                     self._call_in_chunks(self._leave, sorted(gone), [self._node])
                 except RedisError as exc:
@@ -432,11 +432,11 @@ class RedisBackplane(Backplane):
             if uid is not None:
                 uids.append((uid, sid))
             batch.append((_seq(sid), kind, name, wire))
-        broker = self._broker
+        broker = self._bound()
         last = entries[-1][0]
-        with broker._lock:
-            if not broker._closed:
-                broker._put_batch(batch, self._floors)
+
+        def commit() -> None:
+            # Under the broker's registry lock, with the batch's recipients.
             self._delivered = last
             if uids:
                 m = self._uids
@@ -445,6 +445,11 @@ class RedisBackplane(Backplane):
                     m[uid] = sid
                 while len(m) > self._uids_cap:
                     m.popitem(last=False)
+
+        if broker.closed:
+            commit()
+        else:
+            broker.deliver_local(batch, floors=self._floors, commit=commit)
         self._received += len(entries)
 
     @staticmethod
@@ -480,9 +485,9 @@ class RedisBackplane(Backplane):
     def _refresh(self) -> None:
         broker = self._bound()
         with self._presence_lock:
-            with broker._lock:
-                present = list(broker._clients)
-                pending = [c for c in self._pending_leave if c not in broker._clients]
+            present = broker.local_clients()
+            here = set(present)
+            pending = [c for c in self._pending_leave if c not in here]
             self._call_in_chunks(self._join, present, [self._node, self._ttl_ms, 0])
             if pending:
                 self._call_in_chunks(self._leave, pending, [self._node])
@@ -513,7 +518,7 @@ class RedisBackplane(Backplane):
         broker = self._bound()
         keys = [self._p + client_id, self._m + client_id]
         with self._presence_lock:
-            present = client_id in broker._clients
+            present = broker.has_local_client(client_id)
             if not self._up:
                 if not present:
                     self._pending_leave.add(client_id)
@@ -553,7 +558,7 @@ class RedisBackplane(Backplane):
         keys = [self._p + client_id, self._m + client_id]
         try:
             ok = self._set_meta(keys=keys, args=[value, self._ttl_ms])
-            if not ok and client_id in broker._clients:
+            if not ok and broker.has_local_client(client_id):
                 # Present here, but Redis lost us (it restarted): re-register.
                 self._sync_presence(client_id)
                 ok = self._set_meta(keys=keys, args=[value, self._ttl_ms])
@@ -568,7 +573,7 @@ class RedisBackplane(Backplane):
         self._ensure_started()
         broker = self._bound()
         try:
-            if client_id in broker._clients:
+            if broker.has_local_client(client_id):
                 value = self._r.get(self._m + client_id)
             else:
                 found = self._get_meta(keys=[self._p + client_id, self._m + client_id])
@@ -587,7 +592,7 @@ class RedisBackplane(Backplane):
         broker = self._bound()
         if not isinstance(event, Event):
             raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
-        if broker._closed:
+        if broker.closed:
             raise BrokerClosedError("the broker is closed")
         kind, name = target
         if name is not None and not isinstance(name, str):
@@ -602,7 +607,7 @@ class RedisBackplane(Backplane):
             fields += [b"a", b"1"]   # the entry's stream id becomes the event id
         fields += [b"w", event.encode()]
         try:
-            if kind == "client" and name not in broker._clients:
+            if kind == "client" and not broker.has_local_client(name):
                 # Atomically: present somewhere, then append.
                 sid = self._send(keys=[self._p + name, self._stream],
                                  args=[self.maxlen, *fields])
@@ -618,17 +623,12 @@ class RedisBackplane(Backplane):
             if self.fallback == "local":
                 log.debug("Redis unavailable: %s delivered to local sessions only", kind)
                 wire = event.encode()
-                with broker._lock:
-                    return broker._put_batch([(None, kind, name, wire)], None)
+                return broker.deliver_local([(None, kind, name, wire)])
             raise self._error(f"publish ({kind})", exc) from exc
         self._set_up()
         # Delivery (here too) is done by the listeners: report how many
         # sessions of this process the event is addressed to.
-        if kind == "all":
-            return len(broker._sessions)
-        if kind == "client":
-            return len(broker._clients.get(name, ()))
-        return len(broker._topics.get(name, ()))
+        return broker.local_count(kind, name)
 
     def _error(self, what: str, exc: BaseException) -> BackplaneError:
         return BackplaneError(f"Redis backplane {_safe_url(self.url)} unavailable, "
@@ -671,7 +671,7 @@ class RedisBackplane(Backplane):
         if token is None:
             return
         if token[0] == _RESET:
-            conn.stream.preload([self._reset_wire(token[1])])
+            conn.session.preload([self._reset_wire(token[1])])
             return
         start, upto, entries, last_id = token
         now = self._delivered
@@ -682,12 +682,12 @@ class RedisBackplane(Backplane):
                     self._r.xrange(self._stream, _after(low), now))
             except RedisError as exc:
                 self._set_down(exc)
-                conn.stream.preload([self._reset_wire(last_id)])
+                conn.session.preload([self._reset_wire(last_id)])
                 return
-        conn.stream.preload(_entries_for(conn, entries))
+        conn.session.preload(_entries_for(conn, entries))
         if _seq(start) > _seq(now):
             # The client has seen events this process has not delivered yet.
-            self._floors[conn.stream] = _seq(start)
+            self._floors[conn.session] = _seq(start)
 
     @staticmethod
     def _reset_wire(last_id: str) -> bytes:
