@@ -15,15 +15,27 @@ this helper raises :class:`~gosse.StreamingUnsupportedError`.
 The response carries ``Content-Encoding: identity`` so that Django's
 ``GZipMiddleware`` leaves it alone (it compresses streaming responses, which
 holds events back in the compressor's buffer).
+
+A stream holds its server thread for hours, so it must not hold that
+thread's database connections too (each open stream would keep one, and
+the hundredth would exhaust PostgreSQL's default ``max_connections``): when
+the server starts the body, after the view, the middleware and an
+``ATOMIC_REQUESTS`` transaction are done, the thread's connections are
+closed (Django reopens one if the thread later needs it).  A connection
+still inside a transaction (``atomic`` or autocommit off) is left alone and
+a warning says so.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Tuple
+import logging
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 from ..broker import Broker
 from ..errors import StreamingUnsupportedError
 
 __all__ = ["sse_response"]
+
+log = logging.getLogger("gosse.contrib.django")
 
 
 def sse_response(broker: Broker, request: Any, client_id: str, *,
@@ -54,8 +66,60 @@ def sse_response(broker: Broker, request: Any, client_id: str, *,
     if conn.refused:
         response = HttpResponse(b"".join(body), status=code)
     else:
-        response = StreamingHttpResponse(body, status=code)
+        response = StreamingHttpResponse(_ReleaseDatabaseFirst(body), status=code)
         response["Content-Encoding"] = "identity"
     for name, value in headers:
         response[name] = value
     return response
+
+
+def _release_db_connections() -> int:
+    """Close this thread's open Django database connections that are not
+    inside a transaction; return how many were closed.  A connection in an
+    ``atomic`` block (or with autocommit off) is kept: closing it would
+    roll back the work of the request."""
+    from django.db import connections
+
+    try:
+        handlers = connections.all(initialized_only=True)
+    except TypeError:   # Django < 4.1: all() has no initialized_only
+        handlers = connections.all()
+    closed = 0
+    for handler in handlers:
+        if handler.connection is None:
+            continue
+        if handler.in_atomic_block or not handler.get_autocommit():
+            log.warning("a gosse stream keeps database connection %r open for its "
+                        "whole life: it is inside a transaction", handler.alias)
+            continue
+        try:
+            handler.close()
+        except Exception:   # a broken connection must not break the stream
+            log.exception("closing database connection %r failed", handler.alias)
+        closed += 1
+    return closed
+
+
+class _ReleaseDatabaseFirst:
+    """The stream's body, which releases the serving thread's database
+    connections when the server asks for the first bytes: that is after the
+    view returned, the middleware ran and an ``ATOMIC_REQUESTS`` transaction
+    committed, in the thread that then holds the stream."""
+
+    def __init__(self, body: Iterable[bytes]):
+        self._body = body
+        self._it: Optional[Iterator[bytes]] = None
+
+    def __iter__(self) -> "_ReleaseDatabaseFirst":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._it is None:
+            self._it = iter(self._body)
+            _release_db_connections()
+        return next(self._it)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
