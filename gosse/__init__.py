@@ -1,5 +1,6 @@
 """gosse: Server-Sent Events for synchronous, thread-based Python."""
-from .errors import (BackplaneError, BrokerClosedError, EventError, EventStreamError, FeedClosedError,
+from .errors import (BackplaneError, BrokerClosedError, ConnectHookError, EventError,
+                     EventStreamError, FeedClosedError,
                      FeedConnectionError, FeedError, ResponseError, SessionLimitError,
                      SSEError, StreamingUnsupportedError, UnknownClientError)
 from .broker import Broker, ClientConnection, Refusal
@@ -14,7 +15,7 @@ __all__ = [
     "connect_with_sse_feed", "SSEFeed", "Subscription",
     "Event", "JSONEvent", "EventStreamParser",
     "SSEError", "EventError", "EventStreamError", "StreamingUnsupportedError",
-    "UnknownClientError", "BrokerClosedError", "SessionLimitError",
+    "UnknownClientError", "BrokerClosedError", "SessionLimitError", "ConnectHookError",
     "FeedError", "FeedConnectionError", "ResponseError", "FeedClosedError",
     "BackplaneError",
 ]

@@ -24,16 +24,18 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 import uuid
 import weakref
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple,
                     Union)
+from collections.abc import Mapping as _MappingABC
 from urllib.parse import parse_qs
 
 from .backplane import Backplane, InProcessBackplane
-from .errors import BrokerClosedError, SSEError, UnknownClientError
+from .errors import BrokerClosedError, ConnectHookError, SSEError, UnknownClientError
 from .event import Event, encode_comment
 from .registry import History, Registry, Target
 from .session import (ENDED_BY_APP, ENDED_BY_BROKER, ENDED_BY_CLIENT, ENDED_NOT_SERVED,
@@ -91,20 +93,30 @@ PENDING_TIMEOUT = 5.0
 #: intervals plus this many seconds is taken for gone.
 STALL_GRACE = 5.0
 JANITOR_INTERVAL = 0.5
-ConnectHook = Callable[[dict], Optional[Tuple[Union[int, str], str]]]
+#: Headers as ``{name: value}`` or ``[(name, value), ...]``.
+HeaderItems = Union[Mapping[str, str], Iterable[Tuple[str, str]]]
+ConnectHook = Callable[[dict], Optional[tuple]]
 
 
 class Refusal:
     """A WSGI app answering with an error instead of a stream: what
     :meth:`Broker.connect` returns when ``on_connect`` refuses the request or
-    a session cap is reached.  ``status`` is e.g. ``"503 Service Unavailable"``."""
+    a session cap is reached.  ``status`` is e.g. ``"503 Service Unavailable"``.
+
+    ``status`` is an int 400-599 or a str ``"NNN Reason"`` with NNN in
+    400-599; ``headers`` (a mapping or a list of pairs, e.g.
+    ``WWW-Authenticate`` or ``Retry-After``) are checked like
+    ``Broker(headers=...)`` and must not set ``Content-Type`` or
+    ``Content-Length``.  ValueError or TypeError otherwise."""
 
     refused = True
 
-    def __init__(self, status: str, message: str, headers: Iterable[Tuple[str, str]] = ()):
-        self.status = status
+    def __init__(self, status: Union[int, str], message: str, headers: HeaderItems = ()):
+        if not isinstance(message, str):
+            raise TypeError(f"a refusal's message must be a str, not {type(message).__name__}")
+        self.status = _status_line(status)
         self.message = message
-        self.headers = list(headers)
+        self.headers = _header_items(headers, refused=_REFUSAL_FIXED, mapping_only=False)
 
     def __call__(self, environ: dict, start_response: Callable) -> List[bytes]:
         body = (self.message.rstrip("\n") + "\n").encode("utf-8")
@@ -201,9 +213,18 @@ class Broker:
       everything is resumable.
     * ``retry``: reconnection time (ms) sent to clients as the first bytes.
     * ``on_connect(environ)``: return None to accept a stream, or
-      ``(status, message)`` to refuse it before any header is sent.
-    * ``max_sessions`` / ``max_sessions_per_client``: caps answered with
-      ``503`` and ``Retry-After: retry_after``.
+      ``(status, message)`` or ``(status, message, headers)`` to refuse it
+      before any header is sent (status: an int 400-599 or ``"NNN Reason"``;
+      headers: a mapping or list of pairs such as ``WWW-Authenticate`` or
+      ``Retry-After``).  Anything else makes :meth:`connect` raise
+      :class:`~gosse.errors.ConnectHookError` (a ValueError) at that request.
+    * ``max_sessions`` / ``max_sessions_per_client``: None or an int >= 1;
+      caps answered with ``503`` and ``Retry-After: retry_after`` (an int >= 0).
+      Set them: by default one client may open as many streams as the
+      server has threads.
+    * ``headers`` must map str names (HTTP tokens) to str values without CR,
+      LF, NUL or other control characters (ValueError naming the header);
+      ``Content-Type`` and hop-by-hop headers are refused.
     * ``max_connection_age``: seconds (with up to 10 % jitter below) after
       which a stream ends cleanly so the client reconnects, freeing threads
       and rebalancing load.
@@ -248,6 +269,10 @@ class Broker:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
         if max_connection_age is not None:
             _positive("max_connection_age", max_connection_age)
+        _count("max_sessions", max_sessions, 1, optional=True)
+        _count("max_sessions_per_client", max_sessions_per_client, 1, optional=True)
+        _count("retry_after", retry_after, 0)
+        _check_callable("on_connect", on_connect)
         self.headers = _stream_headers(headers)
         self.heartbeat_interval = float(heartbeat_interval)
         self.queue_size = queue_size
@@ -311,7 +336,9 @@ class Broker:
         ``on_connect`` refuses or a session cap is reached.  Resumes from the
         request's ``Last-Event-ID`` header (or ``lastEventId`` query
         parameter) when the broker keeps history.  Raises
-        :class:`BrokerClosedError` after :meth:`close`.
+        :class:`BrokerClosedError` after :meth:`close`, and
+        :class:`~gosse.errors.ConnectHookError` when ``on_connect`` returns
+        something other than None or a valid refusal.
 
         The session is registered at once (``send``, presence and metadata
         work immediately), but a session whose response no server begins
@@ -332,8 +359,7 @@ class Broker:
         if self.on_connect is not None:
             refusal = self.on_connect(environ)
             if refusal is not None:
-                status, message = refusal
-                return Refusal(_status_line(status), message)
+                return _hook_refusal(refusal)
         deadline = None
         if self.max_connection_age is not None:
             deadline = time.monotonic() + self.max_connection_age * random.uniform(0.9, 1.0)
@@ -660,11 +686,16 @@ class Broker:
 
     def set_disconnect_callback(self, callback: Optional[Callable[[str, str], Any]]) -> None:
         """Call ``callback(client_id, session_id)`` once when each session
-        ends, outside the broker's lock; exceptions are logged."""
+        ends, outside the broker's lock; exceptions are logged.  None
+        removes it; anything else not callable is a TypeError."""
+        _check_callable("the disconnect callback", callback)
         self._on_disconnect = callback
 
     def on_disconnect(self, callback: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
-        """Decorator form of :meth:`set_disconnect_callback`."""
+        """Decorator form of :meth:`set_disconnect_callback` (TypeError for
+        anything not callable)."""
+        if not callable(callback):
+            raise TypeError(f"on_disconnect decorates a function, not {type(callback).__name__}")
         self.set_disconnect_callback(callback)
         return callback
 
@@ -758,28 +789,114 @@ def _positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
+def _count(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if type(value) is not int or value < minimum:   # type(): bool is refused
+        none = "None or " if optional else ""
+        raise ValueError(f"{name} must be {none}an int >= {minimum}, not {value!r}")
+
+
+def _check_callable(name: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be None or a callable, not {type(value).__name__}")
+
+
+# RFC 9110 5.1 (field names are tokens) and 5.5 (a field value holds no
+# control character but HTAB); PEP 3333: header strings are latin-1.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_BAD_VALUE_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+_CHAR_NAMES = {"\r": "a CR", "\n": "an LF", "\0": "a NUL"}
+# Header names a stream's or a refusal's own headers fix.
+_STREAM_FIXED = {"content-type": "an event stream's Content-Type is fixed "
+                                 "(text/event-stream; charset=utf-8)"}
+_REFUSAL_FIXED = {"content-type": "a refusal's body is text/plain",
+                  "content-length": "a refusal sets its own Content-Length"}
+
+
+def _check_header(name: Any, value: Any, refused: Mapping[str, str]) -> None:
+    """TypeError/ValueError for a header a WSGI app must not send.  The
+    message names the header and the reason, never the value (it may be a
+    secret)."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise TypeError("header names and values must be str, not "
+                        f"{type(name).__name__}: {type(value).__name__}")
+    if not _TOKEN.match(name):
+        raise ValueError(f"header name {name[:64]!r} is not an HTTP token (RFC 9110)")
+    lower = name.lower()
+    if lower in _HOP_BY_HOP:
+        raise ValueError(f"{name!r} is a hop-by-hop header, which a WSGI app "
+                         "must not set (PEP 3333)")
+    if lower in refused:
+        raise ValueError(f"header {name!r} cannot be set: {refused[lower]}")
+    bad = _BAD_VALUE_CHAR.search(value)
+    if bad is not None:
+        char = bad.group()
+        what = _CHAR_NAMES.get(char) or (f"control character U+{ord(char):04X}"
+                                         if ord(char) < 0x100 else "a non-latin-1 character")
+        raise ValueError(f"the value of header {name!r} contains {what} at index "
+                         f"{bad.start()}; header values must be one line of latin-1 text")
+
+
+def _header_items(headers: Any, refused: Mapping[str, str],
+                  mapping_only: bool) -> List[Tuple[str, str]]:
+    """``headers`` (a mapping, or unless ``mapping_only`` a list of pairs)
+    as a checked list of pairs."""
+    if isinstance(headers, _MappingABC):
+        items = list(headers.items())
+    elif not mapping_only and isinstance(headers, (list, tuple)) and all(
+            isinstance(item, (list, tuple)) and len(item) == 2 for item in headers):
+        items = [tuple(item) for item in headers]
+    else:
+        kinds = "a mapping" if mapping_only else "a mapping or a list of (name, value) pairs"
+        raise TypeError(f"headers must be {kinds} of str, not {type(headers).__name__}")
+    for name, value in items:
+        _check_header(name, value, refused)
+    return items
+
+
 def _stream_headers(headers: Optional[Mapping[str, str]]) -> List[Tuple[str, str]]:
     result = list(_STREAM_HEADERS)
-    if headers:
-        fixed = {name.lower() for name, _ in result}
-        for name, value in dict(headers).items():
-            if name.lower() in _HOP_BY_HOP:
-                raise ValueError(f"{name!r} is a hop-by-hop header, which a WSGI app "
-                                 "must not set (PEP 3333)")
-            if name.lower() in fixed:
-                result = [(n, v) for n, v in result if n.lower() != name.lower()]
+    if headers is not None:
+        for name, value in _header_items(headers, _STREAM_FIXED, mapping_only=True):
+            # Cache-Control and X-Accel-Buffering may be replaced.
+            result = [(n, v) for n, v in result if n.lower() != name.lower()]
             result.append((name, value))
     return result
 
 
+_STATUS_LINE = re.compile(r"([0-9]{3}) [\t\x20-\x7e\x80-\xff]+\Z")
+
+
 def _status_line(status: Union[int, str]) -> str:
-    if isinstance(status, int):
+    """The WSGI status line of a refusal: ValueError unless ``status`` is an
+    int 400-599 or a str ``"NNN Reason"`` with NNN in 400-599."""
+    if type(status) is int and 400 <= status <= 599:
         from http import HTTPStatus
         try:
             return f"{status} {HTTPStatus(status).phrase}"
         except ValueError:
             return f"{status} Refused"
-    return status
+    if isinstance(status, str):
+        match = _STATUS_LINE.match(status)
+        if match is not None and 400 <= int(match.group(1)) <= 599:
+            return status
+    raise ValueError("a refusal's status must be an int 400-599 or a str like "
+                     f"'403 Forbidden', not {status!r:.80}")
+
+
+def _hook_refusal(result: Any) -> Refusal:
+    """The :class:`Refusal` for a non-None ``on_connect`` result, or
+    :class:`ConnectHookError` saying what is wrong with it."""
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        raise ConnectHookError(
+            "on_connect must return None, (status, message) or (status, message, "
+            f"headers), not {type(result).__name__}"
+            + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""))
+    try:
+        return Refusal(*result)
+    except (TypeError, ValueError) as exc:
+        raise ConnectHookError(f"on_connect returned an invalid refusal: {exc}") from exc
 
 
 def _last_event_id(environ: dict) -> Optional[str]:

@@ -17,6 +17,7 @@ __all__ = [
     "UnknownClientError",
     "BrokerClosedError",
     "SessionLimitError",
+    "ConnectHookError",
     "FeedError",
     "FeedConnectionError",
     "ResponseError",
@@ -63,6 +64,12 @@ class BrokerClosedError(SSEError):
 
 class SessionLimitError(SSEError):
     """A session cap (broker-wide or per client) would be exceeded."""
+
+
+class ConnectHookError(SSEError, ValueError):
+    """``Broker(on_connect=...)`` returned something that is neither None nor
+    a valid refusal ``(status, message)`` / ``(status, message, headers)``;
+    raised by :meth:`Broker.connect` for that request."""
 
 
 class FeedError(SSEError):
