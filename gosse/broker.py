@@ -29,9 +29,9 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Mapping as _MappingABC
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple,
                     Union)
-from collections.abc import Mapping as _MappingABC
 from urllib.parse import parse_qs
 
 from .backplane import Backplane, InProcessBackplane
