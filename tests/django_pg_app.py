@@ -1,5 +1,6 @@
 """A Django project on a real PostgreSQL (tests/pg_fixture.py) for gunicorn:
-``GET /events`` runs a query, then returns a gosse stream; ``GET /broadcast``
+``GET /events`` runs a query (``?open_transaction=1``: in a transaction it
+leaves open), then returns a gosse stream; ``GET /broadcast``
 sends an event to every stream.  The database comes from the environment:
 ``GOSSE_PG_PORT``, ``GOSSE_PG_ATOMIC`` (``1``: ATOMIC_REQUESTS) and
 ``GOSSE_PG_CONN_MAX_AGE`` (seconds, or ``none`` for persistent connections)."""
@@ -24,7 +25,7 @@ settings.configure(
 django.setup()
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 from django.http import HttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 
@@ -35,6 +36,8 @@ broker = Broker(heartbeat_interval=0.5)
 
 
 def events(request):
+    if request.GET.get("open_transaction"):
+        transaction.set_autocommit(False)   # and leave it open: work not committed yet
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         [pid] = cursor.fetchone()

@@ -14,13 +14,17 @@ from servers import SSEReader, gunicorn_server, wait_until  # noqa: E402
 STREAMS = 30   # more than the 17 ordinary connection slots of the server
 
 
+def serve(postgres_server, atomic=False, max_age="0"):
+    env = {"GOSSE_PG_PORT": str(postgres_server.port),
+           "GOSSE_PG_ATOMIC": "1" if atomic else "0", "GOSSE_PG_CONN_MAX_AGE": max_age}
+    return gunicorn_server("django_pg_app:application", threads=64, env=env,
+                           extra=("-c", "python:gosse.contrib.gunicorn"))
+
+
 @pytest.mark.parametrize("atomic,max_age", [(False, "0"), (True, "none")],
                          ids=["autocommit", "atomic-requests-persistent"])
 def test_streams_release_their_database_connection(postgres_server, atomic, max_age):
-    env = {"GOSSE_PG_PORT": str(postgres_server.port),
-           "GOSSE_PG_ATOMIC": "1" if atomic else "0", "GOSSE_PG_CONN_MAX_AGE": max_age}
-    with gunicorn_server("django_pg_app:application", threads=64, env=env,
-                         extra=("-c", "python:gosse.contrib.gunicorn")) as (url, _):
+    with serve(postgres_server, atomic, max_age) as (url, _):
         with contextlib.ExitStack() as stack:
             readers, pids = [], set()
             for i in range(STREAMS):
@@ -43,3 +47,14 @@ def test_streams_release_their_database_connection(postgres_server, atomic, max_
                 f"{len(pids & postgres_server.client_pids())} of the {STREAMS} streams' "
                 "connections still open")
             assert len(postgres_server.client_pids()) <= 2
+
+
+def test_connection_inside_an_open_transaction_is_kept(postgres_server):
+    # Closing it would roll back work the view has not committed.
+    with serve(postgres_server) as (url, _):
+        with SSEReader(f"{url}/events?client=tx&open_transaction=1") as r:
+            assert r.status == 200
+            pid = int(r.headers["X-Backend-Pid"])
+            assert requests.get(f"{url}/broadcast?data=hi", timeout=5).text == "1"
+            assert r.wait_events(1, timeout=5)[0].data == "hi"
+            assert pid in postgres_server.client_pids()
