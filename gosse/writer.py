@@ -63,14 +63,15 @@ def frame_chunk(data: bytes) -> bytes:
 
 # The functions that may stand between the server's loop and the stream's
 # ``__next__`` without changing a byte: Werkzeug's ClosingIterator (Flask
-# wraps every response in one) and its str-to-bytes encoder, which passes
-# bytes through unchanged.  Any other frame (a middleware's generator that
+# wraps every response in one), its str-to-bytes encoder, which passes
+# bytes through unchanged, and gosse's Django body wrapper.  Any other frame (a middleware's generator that
 # may rewrite the body) keeps the stream on the WSGI iterable.
 _PASS_THROUGH = {
     ("werkzeug.wsgi", "__next__"),
     ("werkzeug.wrappers.response", "_iter_encoded"),
     ("werkzeug.sansio.response", "_iter_encoded"),
     ("werkzeug.wrappers.response", "iter_encoded"),
+    ("gosse.contrib.django", "__next__"),
 }
 # The server loops whose ``resp`` local frames the body as HTTP/1.1 chunks
 # on a plain blocking socket (gunicorn's sync and gthread workers).
@@ -329,9 +330,9 @@ class SocketWriter:
         if pending:
             self._send(out, frame_chunk(b"".join(pending)))
         if not out.gone:
+            # An end asked for after the hand-over arrives as a _FINISH item,
+            # behind the events delivered before it: not checked here.
             self._update(out)
-            if session.ending:
-                self._begin_close(out)
 
     def _fan_out(self, framed: bytes, recipients: Tuple[Session, ...]) -> None:
         owned = self._owned
