@@ -178,11 +178,11 @@ class Load:
 
     # -- streams -----------------------------------------------------------
 
-    def open(self, n, timeout=120.0):
+    def open(self, n, secs=120.0):
         """Open n streams (at most 200 handshakes at a time); return once
-        every response head (status 200) has arrived."""
+        every response head (status 200) has arrived, within ``secs``."""
         t0 = time.monotonic()
-        deadline = t0 + timeout
+        deadline = t0 + secs
         pending = {}
         opened = 0
         ep = self.ep
@@ -239,10 +239,16 @@ class Load:
     # -- a phase: post broadcasts, receive and time every delivery ------------
 
     def phase(self, mode, rate=20.0, count=40, secs=5.0, max_posts=10_000, window=32,
-              posters=1, batch_us=0.0, poster_cpus=None, drain=30.0):
+              posters=1, batch_us=0.0, poster_cpus=None, drain=30.0, probe=None):
         """Post broadcasts from ``posters`` threads (one keep-alive connection
         each, a request sent when the previous answer has arrived) while this
         thread receives and timestamps every delivery.
+
+        idle: no broadcast, ``secs`` seconds (for the probes).  ``probe``
+        (``{"clients": K, "interval": s, "max": M}``): K prober processes
+        each open a new stream, time it from before the TCP connect to its
+        first body byte, close it, wait ``interval`` and repeat, while the
+        broadcasts are being posted (idle: for ``secs``), M probes at most.
 
         paced: ``count`` broadcasts at ``rate``/s (one poster).  saturate:
         back to back for ``secs`` seconds or ``max_posts`` broadcasts, never
@@ -257,8 +263,9 @@ class Load:
         for s in streams.values():
             s.count = 0
         monotonic = time.monotonic
-        st = _PostState(self.seq)
-        k = posters if mode == "saturate" else 1
+        probe = probe or {"clients": 0, "max": 0, "interval": 0.0}
+        st = _PostState(self.seq, probe["max"])
+        k = {"saturate": posters, "idle": 0}.get(mode, 1)
         limit = max_posts if mode == "saturate" else count
         post_secs = secs if mode == "saturate" else float("inf")
         ctx = multiprocessing.get_context("fork")
@@ -267,6 +274,7 @@ class Load:
                                    window * n, poster_cpus))
                  for _ in range(k)]
         st.v[ACTIVE] = k
+        st.v[PROBING] = probe["clients"]
         v = st.v
         received = 0
         sent_t = array("d")
@@ -277,12 +285,17 @@ class Load:
         ru0 = _cpu_self_and_children()
         v[T0] = t0 = monotonic()
         t_last = t0
-        hard_deadline = t0 + (secs if mode == "saturate" else count / rate) + drain
+        hard_deadline = t0 + (secs if mode in ("saturate", "idle") else count / rate) + drain
+        probe_end = t0 + secs if mode == "idle" else hard_deadline
+        procs += [ctx.Process(target=_prober, daemon=True,
+                              args=(st, self.port, i, probe["interval"], probe["max"],
+                                    probe_end, mode != "idle", poster_cpus))
+                  for i in range(probe["clients"])]
         eofs = 0
         for p in procs:
             p.start()
         while True:
-            if v[ACTIVE] == 0 and received >= v[POSTED] * n:
+            if v[ACTIVE] == 0 and v[PROBING] == 0 and received >= v[POSTED] * n:
                 break
             t_poll = monotonic()
             if t_poll > hard_deadline:
@@ -345,6 +358,8 @@ class Load:
         pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3) if lat else (
             lambda q: None)
         span = (t_last - v[T_FIRST]) if v[T_FIRST] else 0.0
+        probes = sorted(x * 1e3 for x in st.probe[:min(int(v[PROBED]), len(st.probe))]
+                        if x >= 0)
         return {"mode": mode, "posted": posted, "received": received,
                 "expected": posted * n, "streams": n,
                 "per_stream_min": min(counts) if counts else 0,
@@ -356,11 +371,17 @@ class Load:
                 "p50": pick(0.50), "p99": pick(0.99), "max": lat[-1] * 1e3 if lat else None,
                 "read_interval_ms": interval * 1e3,
                 "load_cpu": ru1 - ru0,
-                "load_wall": wall}
+                "load_wall": wall,
+                # CLOCK_MONOTONIC, one clock with the server's probe samples
+                "t0": t0, "t_first": v[T_FIRST], "t_last": t_last,
+                "probe": probes, "probe_errors": int(v[PROBE_ERRORS]),
+                "probe_error": st.probe_err.value.decode() or None}
 
 
-# Fields of the state the poster processes share with the receiving loop.
-POSTED, RECEIVED, T_FIRST, STOP, ACTIVE, ERRORS, SEQ, T0 = range(8)
+# Fields of the state the poster (and prober) processes share with the
+# receiving loop.
+POSTED, RECEIVED, T_FIRST, STOP, ACTIVE, ERRORS, SEQ, T0, PROBED, PROBING, PROBE_ERRORS = \
+    range(11)
 
 
 class _PostState:
@@ -368,13 +389,16 @@ class _PostState:
     (separate processes: a poster thread would wait up to the 5 ms GIL
     switch interval behind the receiving loop for every answer)."""
 
-    def __init__(self, seq):
+    def __init__(self, seq, probes=0):
         ctx = multiprocessing.get_context("fork")
-        self.v = ctx.RawArray("d", 8)
+        self.v = ctx.RawArray("d", 11)
         self.v[SEQ] = seq
         self.lock = ctx.Lock()
         self.err = ctx.RawArray("c", 512)
         self.bad = ctx.RawArray("c", 512)      # the first answer that was not 200
+        # Probe k writes only probe[k] (k taken under the lock); -1 = failed.
+        self.probe = ctx.RawArray("d", max(1, probes))
+        self.probe_err = ctx.RawArray("c", 512)
 
 
 def _cpu_self_and_children():
@@ -441,6 +465,51 @@ def _poster(st, port, mode, n, limit, secs, period, backlog, affinity):
             sock.close()
         with lock:
             v[ACTIVE] -= 1
+
+
+def _prober(st, port, ident, interval, limit, t_end, while_posting, affinity):
+    """One prober process: new streams one after another, each timed from
+    before its TCP connect to its first body byte (``connect()`` + first
+    bytes as a new client sees them), then closed; while the posters run
+    (``while_posting``) or until ``t_end``, at most ``limit`` probes in all."""
+    monotonic = time.monotonic
+    v, lock = st.v, st.lock
+    if affinity:
+        os.sched_setaffinity(0, affinity)
+    try:
+        while not v[STOP] and monotonic() < t_end and not (while_posting and not v[ACTIVE]):
+            with lock:
+                k = int(v[PROBED])
+                if k >= limit:
+                    break
+                v[PROBED] = k + 1
+            st.probe[k] = -1.0
+            t0 = monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /sse?client=probe-%d-%d HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Accept: text/event-stream\r\n\r\n" % (ident, k))
+                buf = b""
+                for _ in range(1000):
+                    end = buf.find(b"\r\n\r\n")
+                    if end >= 0 and len(buf) > end + 4:
+                        break
+                    data = sock.recv(65536)
+                    if not data:
+                        raise ConnectionError("the server closed a probe stream")
+                    buf += data
+                t1 = monotonic()
+            if buf[9:12] != b"200":
+                raise ConnectionError("probe stream refused: "
+                                      + buf.split(b"\r\n", 1)[0].decode("latin-1"))
+            st.probe[k] = t1 - t0
+            time.sleep(interval)
+    except Exception as exc:
+        with lock:
+            v[PROBE_ERRORS] += 1
+            st.probe_err.value = f"{type(exc).__name__}: {exc}".encode()[:500]
+    finally:
+        with lock:
+            v[PROBING] -= 1
 
 
 def load_main(args):
@@ -535,15 +604,42 @@ def proc_status(pids, key):
     return total
 
 
-def post(port, path):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def post(port, path, want_json=False, timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("POST", path)
         resp = conn.getresponse()
-        resp.read()
+        body = resp.read()
+        if want_json:
+            if resp.status != 200:
+                raise RuntimeError(f"POST {path}: {resp.status}")
+            return json.loads(body)
         return resp.status
     finally:
         conn.close()
+
+
+def pct(values_ms):
+    """Count, p50, p99 and max of a list of milliseconds (None when empty)."""
+    lat = sorted(values_ms)
+    if not lat:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    return {"count": len(lat), "p50": lat[int(0.50 * len(lat))],
+            "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "max": lat[-1]}
+
+
+def lock_summary(phase, server):
+    """The lock-wait probe's figures for one phase: the new clients' connect
+    + first byte (load side), and the server's ``stats()``, no-lock control
+    and ``connect()`` timings, the latter taken from the first broadcast's
+    post to the last receipt (the whole phase when idle)."""
+    lo, hi = ((phase["t_first"], phase["t_last"]) if phase["mode"] != "idle" and phase["t_first"]
+              else (float("-inf"), float("inf")))
+    def window(samples):
+        return pct([d * 1e3 for t, d in samples if lo <= t <= hi])
+    return {"client": pct(phase["probe"]), "stats": window(server["stats"]),
+            "control": window(server["control"]), "connect": window(server["connect"]),
+            "probe_errors": phase["probe_errors"], "probe_error": phase["probe_error"]}
 
 
 class LoadProc:
@@ -669,8 +765,13 @@ def wait_numsub(url, n, timeout=60):
 
 
 def run_one(name, n, args, *, cmd=None, env_extra=None, label=None, sat=True,
-            profile=None, paced=None):
-    """One fresh server: RSS idle, paced latency, saturation.  Returns a dict."""
+            profile=None, paced=None, lockprobe=None):
+    """One fresh server: RSS idle, paced latency, saturation.  Returns a dict.
+
+    ``lockprobe`` (gosse_app with FANOUT_PROBE=1 only): a dict of ``clients``,
+    ``interval``, ``max`` (per phase) and ``idle_secs``: adds an idle phase
+    before the paced one, runs the probers and the server's stats() probe in
+    all three, and puts ``lock_summary`` in each phase's ``"lock"``."""
     pin_server, pin_load = pins(args)
     port = free_port()
     redis_proc = tmp = None
@@ -691,7 +792,8 @@ def run_one(name, n, args, *, cmd=None, env_extra=None, label=None, sat=True,
         pids = proc_tree(server.pid) + extra
         rss0 = proc_status(pids, "VmRSS")
         load = LoadProc(port, pin_load)
-        opened = load.call(180, cmd="open", n=n)
+        open_timeout = max(120.0, 0.03 * n)          # 10,000 gthread streams: ~1 min here
+        opened = load.call(open_timeout + 60, cmd="open", n=n, secs=open_timeout)
         if name == "flask-sse":
             wait_numsub(url, n)
         time.sleep(args.settle)
@@ -703,14 +805,28 @@ def run_one(name, n, args, *, cmd=None, env_extra=None, label=None, sat=True,
                "rss0_kib": rss0, "rss1_kib": rss1, "rss_per_stream_kib": (rss1 - rss0) / n,
                "threads": proc_status(worker_pids, "Threads"),
                "vmsize_mib": proc_status(worker_pids, "VmSize") / 1024}
+        probe = None
+        if lockprobe:
+            probe = {k: lockprobe[k] for k in ("clients", "interval", "max")}
+            post(port, "/probe/start", want_json=True)
+            res["idle"] = load.call(lockprobe["idle_secs"] + args.drain + 60, cmd="phase",
+                                    mode="idle", secs=lockprobe["idle_secs"],
+                                    poster_cpus=poster_cpus(args), drain=args.drain,
+                                    probe=probe)
+            res["idle"]["lock"] = lock_summary(res["idle"],
+                                               post(port, "/probe/stop", want_json=True))
+            post(port, "/probe/start", want_json=True)
         rate, count = paced_plan(n, args) if paced is None else paced
         c0, m0 = cpu_seconds(pids), machine_busy()
         res["paced"] = load.call(count / rate + args.drain + 60, cmd="phase", mode="paced",
                                  rate=rate, count=count, poster_cpus=poster_cpus(args),
-                                 drain=args.drain)
+                                 drain=args.drain, probe=probe)
         c1, m1 = cpu_seconds(pids), machine_busy()
         res["paced"].update(server_cpu=c1 - c0, machine_cpu=m1[0] - m0[0],
                             softirq_cpu=m1[1] - m0[1], rate_per_s=rate)
+        if lockprobe:
+            res["paced"]["lock"] = lock_summary(res["paced"],
+                                                post(port, "/probe/stop", want_json=True))
         if sat:
             secs = args.sat_secs if profile is None else max(args.sat_secs, 8.0)
             max_posts = max(20, int(args.sat_deliveries / n))
@@ -733,6 +849,8 @@ def run_one(name, n, args, *, cmd=None, env_extra=None, label=None, sat=True,
                          "--pid", str(worker_pids[0]), "--nonblocking"]
                         + ([] if args.profile_all_threads else ["--gil"]),
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if lockprobe:
+                post(port, "/probe/start", want_json=True)
             c1, m1 = cpu_seconds(pids), machine_busy()
             ctx1 = ctx_switches(worker_pids)
             res["sat"] = load.call(secs + args.drain + 60, cmd="phase", mode="saturate",
@@ -740,11 +858,14 @@ def run_one(name, n, args, *, cmd=None, env_extra=None, label=None, sat=True,
                                    max_posts=max_posts if profile is None else 10 ** 9,
                                    window=args.window, posters=args.posters,
                                    batch_us=args.batch_us, poster_cpus=poster_cpus(args),
-                                   drain=args.drain)
+                                   drain=args.drain, probe=probe)
             c2, m2 = cpu_seconds(pids), machine_busy()
             res["sat"].update(server_cpu=c2 - c1, machine_cpu=m2[0] - m1[0],
                               softirq_cpu=m2[1] - m1[1],
                               ctx_switches=ctx_switches(worker_pids) - ctx1)
+            if lockprobe:
+                res["sat"]["lock"] = lock_summary(res["sat"],
+                                                  post(port, "/probe/stop", want_json=True))
             if spy is not None:
                 try:
                     err = spy.communicate(timeout=60)[1]
@@ -752,7 +873,7 @@ def run_one(name, n, args, *, cmd=None, env_extra=None, label=None, sat=True,
                     spy.kill()
                     err = spy.communicate()[1]
                 res["profile_log"] = err[-2000:]
-        if any(res[k]["http_errors"] for k in ("paced", "sat") if k in res):
+        if any(res[k]["http_errors"] for k in ("idle", "paced", "sat") if k in res):
             log.seek(0)
             res["server_log_tail"] = log.read()[-3000:]
         return res
@@ -887,6 +1008,41 @@ def print_fanout(results, ns):
             checks.append(f"within 3x of the raw floor: floor/gosse = {ratio:.1f} "
                           f"{'MET' if ratio <= 3 else 'MISSED'}")
         print(f"  N={n:,}: " + "; ".join(checks))
+    print_ratios(results, ns)
+
+
+def print_ratios(results, ns):
+    """Issue 12's ratios: gosse's delivered events/s and server CPU per
+    million deliveries over sse-starlette's and the raw floor's (ratios of
+    the medians), with the issue's targets."""
+    rows = []
+    for n in ns:
+        ref = {r["name"]: r for r in results if r["n"] == n}
+        g = ref.get("gosse")
+        if g and ("sse-starlette" in ref or "raw-floor" in ref):
+            rows.append((n, g, ref.get("sse-starlette"), ref.get("raw-floor")))
+    if not rows:
+        return
+    print("\nRatios (issue 12): gosse / sse-starlette, target events/s >= 2x and CPU/M "
+          "<= 0.5x at every N; gosse / raw-floor, target events/s >= 0.5x (within 2x of "
+          "the floor) at N >= 1,000\n")
+    print("| N | events/s gosse / sse-starlette | CPU s/M gosse / sse-starlette "
+          "| events/s gosse / raw-floor | CPU s/M gosse / raw-floor |")
+    print("|---:|---:|---:|---:|---:|")
+
+    def ratio(a, b, key, target=None, ge=True):
+        if a is None or b is None or not b.get(key):
+            return "-"
+        x = a[key] / b[key]
+        if target is None:
+            return f"{x:.2f}"
+        ok = x >= target if ge else x <= target
+        return f"{x:.2f} ({'>=' if ge else '<='} {target:g}: {'MET' if ok else 'MISSED'})"
+    for n, g, st, fl in rows:
+        bound = " (floor load-gen bound)" if fl and fl["load_util"] > 0.85 else ""
+        print(f"| {n:,} | {ratio(g, st, 'rate', 2.0)} | {ratio(g, st, 'cpu_per_m', 0.5, False)} "
+              f"| {ratio(g, fl, 'rate', 0.5 if n >= 1000 else None)}{bound} "
+              f"| {ratio(g, fl, 'cpu_per_m')} |")
 
 
 def gevent_available():
@@ -894,19 +1050,58 @@ def gevent_available():
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
 
+SCALE_SETUPS = ["gthread", "gthread-small-stacks", "gevent", "raw-floor"]
+
+
+def scale_limits(n, setups):
+    """Why N streams cannot be held here (None if they can): the file
+    descriptors (the driver raised its soft limit to the hard one; the
+    servers inherit it, the load process raises its own) and, for gthread,
+    one thread per stream under the kernel's and the user's task limits."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < n + 100:
+        return (f"RLIMIT_NOFILE hard limit {hard} < N + 100 = {n + 100} (the server and "
+                "the load process each hold N sockets): raise it (ulimit -Hn, limits.conf)")
+    if any(s.startswith("gthread") for s in setups):
+        limits = {}
+        for name in ("pid_max", "threads-max"):
+            try:
+                with open(f"/proc/sys/kernel/{name}") as f:
+                    limits[f"kernel.{name}"] = int(f.read())
+            except (OSError, ValueError):
+                pass
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if nproc != resource.RLIM_INFINITY:
+            limits["RLIMIT_NPROC"] = nproc
+        low = {k: v for k, v in limits.items() if v < n + 2000}
+        if low:
+            return (f"gthread needs a thread per stream (N + 20 = {n + 20}) and headroom: "
+                    + ", ".join(f"{k} = {v}" for k, v in low.items()))
+    return None
+
+
 def run_scale(args):
     n = args.scale_n
-    configs = [
-        ("gthread, default 8 MiB thread stacks",
-         lambda port: gunicorn_cmd("gosse_app:app", port, n, conf="gunicorn_conf.py"), {}),
-        (f"gthread, {args.stack_kib} KiB thread stacks",
-         lambda port: gunicorn_cmd("gosse_app:app", port, n, conf="gunicorn_conf.py"),
-         {"FANOUT_STACK_KIB": str(args.stack_kib)}),
-    ]
-    if gevent_available():
-        configs.append(("gevent worker (same app, unchanged)",
-                        lambda port: gunicorn_cmd("gosse_app:app", port, n, worker="gevent"),
-                        {}))
+    setups = {
+        "gthread": ("gthread, default 8 MiB thread stacks",
+                    lambda port: gunicorn_cmd("gosse_app:app", port, n, conf="gunicorn_conf.py"),
+                    {}),
+        "gthread-small-stacks": (
+            f"gthread, {args.stack_kib} KiB thread stacks",
+            lambda port: gunicorn_cmd("gosse_app:app", port, n, conf="gunicorn_conf.py"),
+            {"FANOUT_STACK_KIB": str(args.stack_kib)}),
+        "gevent": ("gevent worker (same app, unchanged)",
+                   lambda port: gunicorn_cmd("gosse_app:app", port, n, worker="gevent"), {}),
+        # Not gosse: what the load process's own reading adds to the latency.
+        "raw-floor": ("raw-floor (one epoll thread; not gosse: the measurement's floor)",
+                      lambda port: server_cmd("raw-floor", port, n), {}),
+    }
+    wanted = [s for s in SCALE_SETUPS if s in args.scale_setups]
+    why = scale_limits(n, wanted)
+    if why:
+        print(f"  scale: N={n:,} cannot run here: {why}", file=sys.stderr, flush=True)
+        return [{"name": f"all setups at N = {n:,}", "n": n, "error": why}]
+    configs = [setups[s] for s in wanted if s != "gevent" or gevent_available()]
     out = []
     for label, make, env in configs:
         try:
@@ -919,7 +1114,7 @@ def run_scale(args):
               f"{res['rss_per_stream_kib']:.1f} KiB/stream, paced p50/p99 "
               f"{res['paced']['p50']:.1f}/{res['paced']['p99']:.1f} ms, "
               f"{verdict(res['paced'])}"), file=sys.stderr, flush=True)
-    if not gevent_available():
+    if "gevent" in wanted and not gevent_available():
         out.append({"name": "gevent worker (same app)", "n": n,
                     "error": "gevent is not importable in this venv"})
     return out
@@ -942,6 +1137,87 @@ def print_scale(results, args):
         print(f"| {r['name']} | {r['n']:,} | {r['rss_per_stream_kib']:.1f} | {r['threads']:,} "
               f"| {r['vmsize_mib']:,.0f} | {r['paced_p50']:.1f} / {r['paced_p99']:.1f} / "
               f"{r['paced_max']:.1f} {extra}| {r['verdict']} |")
+    checks = [r for r in results if "error" not in r and r["name"].startswith("gthread")]
+    if checks:
+        print(f"\nTargets (issue 12), N = {checks[0]['n']:,} open streams in one gthread "
+              "worker: a broadcast reaches them all with p99 < 250 ms; RSS per idle "
+              "stream <= 32 KiB")
+    for r in checks:
+        print(f"  {r['name']}: p99 {r['paced_p99']:.1f} ms "
+              f"{'MET' if r['paced_p99'] < 250 else 'MISSED'}; "
+              f"{r['rss_per_stream_kib']:.1f} KiB/stream "
+              f"{'MET' if r['rss_per_stream_kib'] <= 32 else 'MISSED'}"
+              + ("" if r["once"] else f"; exactly once: {r['verdict']}"))
+
+
+def run_lockprobe(args):
+    """Issue 12's lock-wait probe: gosse under gthread at --probe-n streams;
+    idle, paced and burst phases with new clients and the server's stats()
+    loop timed (gosse_app.py with FANOUT_PROBE=1)."""
+    n = args.probe_n
+    slack = 3 * args.probe_max       # a closed probe holds its thread until a write fails
+    lp = {"clients": args.probe_clients, "interval": args.probe_interval,
+          "max": args.probe_max, "idle_secs": args.probe_idle_secs}
+    env = {"FANOUT_PROBE": "1", "FANOUT_PROBE_INTERVAL": str(args.stats_interval)}
+    try:
+        res = run_one("gosse", n, args, env_extra=env, label="gosse (gthread)", lockprobe=lp,
+                      cmd=lambda port: gunicorn_cmd("gosse_app:app", port, n + slack))
+    except Exception as exc:                 # report it, do not abort the run
+        res = {"name": "gosse (gthread)", "n": n, "error": f"{type(exc).__name__}: {exc}"}
+    if "error" in res:
+        print(f"  lockprobe: {res['error']}", file=sys.stderr, flush=True)
+    else:
+        lk = res["sat"]["lock"]
+        print(f"  lockprobe N={n}: burst {res['sat']['rate']:,.0f} ev/s; connect+first byte "
+              f"p99 {fmt(lk['client']['p99'], '.1f')} ms, stats() p99 "
+              f"{fmt(lk['stats']['p99'], '.1f')} ms", file=sys.stderr, flush=True)
+    return res
+
+
+def print_lockprobe(res, args):
+    n = res["n"]
+    print(f"\n### Lock-wait probe: gosse under gthread, N = {n:,} streams "
+          f"({args.probe_clients} prober(s) opening a new stream every "
+          f"{args.probe_interval * 1e3:g} ms after the last, <= {args.probe_max} per phase; "
+          f"stats() every {args.stats_interval * 1e3:g} ms in a server thread)\n")
+    if "error" in res:
+        print(f"FAILED: {res['error']}")
+        return
+    print("| phase | delivered events/s | new client: connect + first byte ms p50 / p99 / max "
+          "(count) | in the server: broker.connect() ms p50 / p99 / max "
+          "| broker.stats() ms p50 / p99 / max (count) "
+          "| no-lock control ms p50 / p99 / max | exactly once |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+
+    def three(p, count=False):
+        if not p["count"]:
+            return "n/a"
+        return (f"{p['p50']:.2f} / {p['p99']:.2f} / {p['max']:.2f}"
+                + (f" ({p['count']:,})" if count else ""))
+    labels = {"idle": f"idle ({args.probe_idle_secs:g} s, no broadcast)",
+              "paced": f"paced ({res['paced']['rate_per_s']:g} broadcasts/s)",
+              "sat": "burst (saturation)"}
+    for key in ("idle", "paced", "sat"):
+        ph = res.get(key)
+        if not ph:
+            continue
+        lk = ph["lock"]
+        rate = fmt(ph["rate"]) if key != "idle" else "-"
+        errs = (f"; probe errors: {lk['probe_errors']} ({lk['probe_error']})"
+                if lk["probe_errors"] else "")
+        print(f"| {labels[key]} | {rate} | {three(lk['client'], True)} | {three(lk['connect'])} "
+              f"| {three(lk['stats'], True)} | {three(lk['control'])} "
+              f"| {verdict(ph) if key != 'idle' else '-'}{errs} |")
+    lk = res["sat"]["lock"]
+    print(f"\nTargets (issue 12), during the burst at N = {n:,}: p99 wait < 5 ms")
+    for what, p in (("new client's connect + first byte", lk["client"]),
+                    ("broker.connect() in the server", lk["connect"]),
+                    ("broker.stats() in the server", lk["stats"])):
+        if p["count"]:
+            print(f"  {what}: p99 {p['p99']:.2f} ms, max {p['max']:.2f} ms "
+                  f"({p['count']} samples) {'MET' if p['p99'] < 5 else 'MISSED'}")
+        else:
+            print(f"  {what}: no samples")
 
 
 def summarize_perf(path, top=25):
@@ -1000,8 +1276,8 @@ def main():
                     help="stream counts (default 100 1000 2000)")
     ap.add_argument("--only", nargs="+", default=None,
                     help=f"contenders among {' '.join(CONTENDERS)} (and the experiment "
-                         f"{' '.join(EXTRA)}) and/or 'scale' (default: all but the "
-                         "experiment, and scale)")
+                         f"{' '.join(EXTRA)}) and/or 'scale', 'lockprobe' (default: all "
+                         "but the experiment, scale and lockprobe)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--rate", type=float, default=20.0,
                     help="paced phase: at most this many broadcasts/s (default 20)")
@@ -1031,13 +1307,31 @@ def main():
                     help="CPUs the poster processes run on: 'all' (default: wherever the "
                          "scheduler finds room), 'load' (the load process's CPU) or a list "
                          "like 0,1")
-    ap.add_argument("--scale-n", type=int, default=5000)
+    ap.add_argument("--scale-n", type=int, default=5000,
+                    help="scale: idle streams in one worker (default 5000; issue 12: 10000)")
+    ap.add_argument("--scale-setups", nargs="+", choices=SCALE_SETUPS,
+                    default=["gthread", "gthread-small-stacks", "gevent"],
+                    help="scale: servers to run (default: gthread gthread-small-stacks "
+                         "gevent; raw-floor shows the load process's own share of the "
+                         "latency)")
     ap.add_argument("--stack-kib", type=int, default=256)
     ap.add_argument("--scale-rate", type=float, default=0.5,
                     help="scale: paced broadcasts/s (default 0.5)")
     ap.add_argument("--scale-count", type=int, default=4, help="scale: paced broadcasts")
     ap.add_argument("--scale-sat", action="store_true",
                     help="also run a saturation phase at --scale-n streams")
+    ap.add_argument("--probe-n", type=int, default=2000,
+                    help="lockprobe: streams held while probing (default 2000)")
+    ap.add_argument("--probe-clients", type=int, default=2,
+                    help="lockprobe: prober processes, each opening one new stream at a time")
+    ap.add_argument("--probe-interval", type=float, default=0.01,
+                    help="lockprobe: seconds a prober waits between two new streams")
+    ap.add_argument("--probe-max", type=int, default=300,
+                    help="lockprobe: at most this many new streams per phase")
+    ap.add_argument("--probe-idle-secs", type=float, default=2.0,
+                    help="lockprobe: length of the idle phase (no broadcast)")
+    ap.add_argument("--stats-interval", type=float, default=0.001,
+                    help="lockprobe: seconds between two stats() calls in the server")
     ap.add_argument("--no-pin", action="store_true", help="do not use taskset")
     ap.add_argument("--profile", action="store_true",
                     help="only: py-spy the gosse worker during saturation at --profile-n")
@@ -1087,8 +1381,8 @@ def main():
                 summarize_profile(out)
         return
 
-    only = args.only or CONTENDERS + ["scale"]
-    unknown = set(only) - set(CONTENDERS) - set(EXTRA) - {"scale"}
+    only = args.only or CONTENDERS + ["scale", "lockprobe"]
+    unknown = set(only) - set(CONTENDERS) - set(EXTRA) - {"scale", "lockprobe"}
     if unknown:
         ap.error(f"unknown contender(s): {', '.join(sorted(unknown))}")
     contenders = [c for c in CONTENDERS + EXTRA if c in only]
@@ -1096,7 +1390,8 @@ def main():
         print("gosse-gevent skipped: gevent (and packaging, for gunicorn's gevent worker) "
               "is not importable in this venv", flush=True)
         contenders.remove("gosse-gevent")
-    raw = {"args": vars(args), "load_before": load_before, "runs": [], "scale": []}
+    raw = {"args": vars(args), "load_before": load_before, "runs": [], "scale": [],
+           "lockprobe": None}
     for rnd in range(args.rounds if contenders else 0):
         for n in args.n:
             k = rnd % len(contenders)
@@ -1113,6 +1408,8 @@ def main():
                       f"once {once(p) and once(s)}", file=sys.stderr, flush=True)
     if "scale" in only:
         raw["scale"] = run_scale(args)
+    if "lockprobe" in only:
+        raw["lockprobe"] = run_lockprobe(args)
     load_after = os.getloadavg()
     raw["load_after"] = load_after
     if args.json:
@@ -1136,6 +1433,8 @@ def main():
         print_fanout(results, args.n)
     if raw["scale"]:
         print_scale([r if "error" in r else median_of([r]) for r in raw["scale"]], args)
+    if raw["lockprobe"]:
+        print_lockprobe(raw["lockprobe"], args)
 
 
 if __name__ == "__main__":
