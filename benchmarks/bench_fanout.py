@@ -88,12 +88,34 @@ Note that Linux counts runnable threads in the load average: a gthread
 worker with 2,000 streams drives it to hundreds by itself during a run.
 
 ``--only scale`` (part of the default run) is item 3: gosse with
-``--scale-n`` (5,000) idle streams in ONE gunicorn worker process: gthread
+``--scale-n`` (10,000; issue 7 asked for 5,000) idle streams in ONE gunicorn worker process: gthread
 with default 8 MiB thread stacks, gthread with 256 KiB stacks
 (``fanout_apps/gunicorn_conf.py``, ``FANOUT_STACK_KIB``), and ``-k gevent``
 (same app, unchanged) when gevent is importable; RSS per idle stream,
 threads, virtual size, and the latency of isolated broadcasts to all of
-them (``--scale-count`` broadcasts at ``--scale-rate``/s).
+them (``--scale-count`` broadcasts at ``--scale-rate``/s).  ``--scale-setups``
+picks among those and ``raw-floor`` (the same N held by ``raw_floor.py``: how
+much of the latency is the load process reading N sockets one by one).
+Issue 12's figure is one command, ``--only scale`` (~1 min); it first
+checks ``RLIMIT_NOFILE`` (hard >= N + 100) and, for gthread, the
+kernel's and the user's task limits (a thread per stream), and says which
+one is short instead of failing half-way.
+
+``--only lockprobe`` (part of the default run) is issue 12's lock-wait
+probe: gosse under gthread at ``--probe-n`` (2,000) streams, with
+``FANOUT_PROBE=1`` (``fanout_apps/gosse_app.py``).  In three phases (idle
+for ``--probe-idle-secs``, then the paced and the saturation phases as
+above) ``--probe-clients`` prober processes forked by the load process each
+open a new stream, time it from before the TCP connect to its first body
+byte, close it, wait ``--probe-interval`` and go on while broadcasts are
+being posted (at most ``--probe-max`` per phase); in the server, a thread
+calls ``broker.stats()`` every ``--stats-interval`` s, the view times each
+probe's ``broker.connect()``, and the driver reads those samples from
+``POST /probe/stop`` after each phase, keeping those between the first
+post and the last receipt.  A "no-lock control" (the same thread doing
+stats()'s per-session loop without the broker's lock) shows what the GIL
+alone costs a call in that process.  The table puts p50/p99/max of each
+beside the phase's delivered events/s.
 
 ``--profile`` runs a saturation phase of one contender (``--profile-contender``,
 gosse) at ``--profile-n`` streams under ``py-spy record --gil --nonblocking``
@@ -105,6 +127,9 @@ prints a summary.
 Run:  benchmarks/.venv/bin/python benchmarks/bench_fanout.py          (~10 min)
       ... --n 1000 --only gosse sse-starlette --rounds 1             (quick)
       ... --only scale
+      ... --only scale --scale-setups gthread raw-floor            (N = 10,000, ~30 s)
+      ... --only lockprobe
+      ... --only gosse sse-starlette raw-floor --rounds 3           (issue 12 ratios)
       ... --only gosse gosse-queue --n 100 1000 2000 --rounds 1
       ... --profile --profile-n 1000 [--profile-tool perf]
 """
@@ -1307,8 +1332,9 @@ def main():
                     help="CPUs the poster processes run on: 'all' (default: wherever the "
                          "scheduler finds room), 'load' (the load process's CPU) or a list "
                          "like 0,1")
-    ap.add_argument("--scale-n", type=int, default=5000,
-                    help="scale: idle streams in one worker (default 5000; issue 12: 10000)")
+    ap.add_argument("--scale-n", type=int, default=10000,
+                    help="scale: idle streams in one worker (default 10000, issue 12's "
+                         "figure; issue 7's was 5000)")
     ap.add_argument("--scale-setups", nargs="+", choices=SCALE_SETUPS,
                     default=["gthread", "gthread-small-stacks", "gevent"],
                     help="scale: servers to run (default: gthread gthread-small-stacks "
@@ -1326,7 +1352,7 @@ def main():
                     help="lockprobe: prober processes, each opening one new stream at a time")
     ap.add_argument("--probe-interval", type=float, default=0.01,
                     help="lockprobe: seconds a prober waits between two new streams")
-    ap.add_argument("--probe-max", type=int, default=300,
+    ap.add_argument("--probe-max", type=int, default=600,
                     help="lockprobe: at most this many new streams per phase")
     ap.add_argument("--probe-idle-secs", type=float, default=2.0,
                     help="lockprobe: length of the idle phase (no broadcast)")
