@@ -13,8 +13,10 @@
     broker.publish("news", Event("topic"))    # sessions that joined "news"
 
 Each open stream occupies one server thread (gunicorn ``-k gthread``,
-Werkzeug's threaded server), blocked on its own queue; the broker itself
-starts no thread.  With a shared backplane
+Werkzeug's threaded server), blocked on its own queue, or parked while the
+broker's writer thread owns its socket (:mod:`gosse.writer`, gunicorn only).
+A janitor thread runs while the broker has sessions: it expires sessions no
+server serves and ends streams that stopped being served.  With a shared backplane
 (``Broker(backplane=RedisBackplane(url))``, see :mod:`gosse.backplane`)
 events, presence, metadata and replay span every process attached to it;
 the backplane runs a listener and a heartbeat thread per process.
