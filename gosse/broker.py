@@ -305,6 +305,8 @@ class Broker:
         self._next_id = 0
         self._on_disconnect: Optional[Callable[[str, str], Any]] = None
         self._closed = False
+        # "events_delivered" is written under the delivery lock, the other
+        # counters under the registry lock.
         self._counts = {"events_delivered": 0, "sessions_dropped_slow": 0,
                         "sessions_total": 0, "sessions_not_served": 0}
         self._writer: Optional[SocketWriter] = None   # under the delivery lock
