@@ -462,7 +462,7 @@ class Broker:
         else:
             session.close_by = time.monotonic() + timeout
 
-    def _hand_over(self, session: Session, sock: Any) -> Optional[Tuple[threading.Event, Callable[[], bool]]]:
+    def _hand_over(self, session: Session, sock: Any) -> Optional[Tuple[Any, SocketWriter]]:
         """The stream thread's request to give ``sock`` to the writer (see
         :mod:`gosse.writer`); None keeps the stream on the WSGI iterable."""
         with self._deliver_lock:
@@ -474,7 +474,7 @@ class Broker:
             pending = session.mailbox.take_all()
             session.handed_over = True
             finished = writer.adopt(session, sock, pending)
-        return finished, lambda: writer.alive
+        return finished, writer
 
     # -- the janitor -------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, NoReturn, Optional, Tuple
+from typing import Any, Callable, NoReturn, Optional, Tuple
 
 from .event import HEARTBEAT
 from .session import ENDED_BY_AGE, ENDED_BY_CLIENT, Session
@@ -28,8 +28,8 @@ __all__ = ["SessionStream"]
 
 _monotonic = time.monotonic
 
-# hand_over(session, sock) -> (finished event, writer alive check) or None
-HandOver = Callable[[Session, object], Optional[Tuple[object, Callable[[], bool]]]]
+# hand_over(session, sock) -> (the writer's "finished" lock, the writer) or None
+HandOver = Callable[[Session, object], Optional[Tuple[Any, Any]]]
 
 
 class SessionStream:
@@ -96,9 +96,9 @@ class SessionStream:
         handed = self._hand_over(self.session, sock)
         if handed is None:
             return
-        finished, alive = handed
-        while not finished.wait(1.0):
-            if not alive():
+        finished, writer = handed
+        while not finished.acquire(timeout=1.0):
+            if not writer.alive:
                 self.session.end(ENDED_BY_CLIENT, abort=True)
                 break
         self._finish()

@@ -315,7 +315,7 @@ def test_writer_partial_sends_keep_framing_and_order():
     reader_thread.join(60)
     session.end("closed")
     writer.finish(session)
-    assert finished.wait(5) and not session.abort
+    assert finished.acquire(timeout=5) and not session.abort
     assert server.gettimeout() == 7.0
     server.sendall(b"0\r\n\r\n")   # what the server writes next
     reader.read_to_end()
@@ -342,7 +342,7 @@ def test_writer_cuts_a_half_sent_chunk_at_its_deadline():
     writer.deliver(frame_chunk(b"data: " + b"x" * (2 << 20) + b"\n\n"), (session,))
     session.end("closed")
     writer.finish(session)
-    assert finished.wait(5)
+    assert finished.acquire(timeout=5)
     assert session.abort and session.end_reason == "closed"
     client.settimeout(5)
     received = 0
