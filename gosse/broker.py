@@ -89,11 +89,14 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
 #: Seconds a clean end (``ClientConnection.close``, ``Broker.close``) may
 #: take to write what is queued before the connection is cut.
 CLOSE_TIMEOUT = 1.0
-#: Seconds a session may wait for a server to begin sending its response.
-PENDING_TIMEOUT = 5.0
+#: Seconds a session may wait for a server to begin sending its response
+#: while something still holds it (a response nobody holds any more is
+#: released at once).  Generous: under load the serving thread may wait
+#: long for the GIL between connect() and its second next().
+PENDING_TIMEOUT = 60.0
 #: A served stream whose server has not asked for bytes for two heartbeat
 #: intervals plus this many seconds is taken for gone.
-STALL_GRACE = 5.0
+STALL_GRACE = 30.0
 JANITOR_INTERVAL = 0.5
 #: Headers as ``{name: value}`` or ``[(name, value), ...]``.
 HeaderItems = Union[Mapping[str, str], Iterable[Tuple[str, str]]]
@@ -146,7 +149,13 @@ class ClientConnection:
                  headers: List[Tuple[str, str]]):
         self._broker = broker
         self.session = session
-        self.stream = stream
+        # Who keeps whom alive: before the call the connection holds its
+        # stream; after it the server holds the stream and the stream holds
+        # the connection (the connection only a weak reference back).  No
+        # cycle, so a response that nobody serves is freed at once and the
+        # broker, which holds connections weakly, learns it (see Broker).
+        self._stream: Optional[SessionStream] = stream
+        self._stream_ref: Optional["weakref.ref[SessionStream]"] = None
         self.id = session.client_id
         self.session_id = session.session_id
         self.topics = session.topics
@@ -164,7 +173,19 @@ class ClientConnection:
             # would hold its thread without ever finding the client gone.
             self.session.release(ENDED_BY_APP)
             return []
-        return self.stream
+        stream = self._stream
+        assert stream is not None
+        stream.conn = self
+        self._stream_ref = weakref.ref(stream)
+        self._stream = None
+        return stream
+
+    @property
+    def stream(self) -> Optional[SessionStream]:
+        """The WSGI body of this session (None once the server dropped it)."""
+        if self._stream is not None:
+            return self._stream
+        return self._stream_ref() if self._stream_ref is not None else None
 
     def send(self, event: Event) -> bool:
         """Send an event to this session only.  Returns False if the session
@@ -296,7 +317,9 @@ class Broker:
         self._deliver_lock = threading.Lock()
         self._lock = threading.Lock()
         self._registry = Registry()
-        self._conns: Dict[Session, ClientConnection] = {}   # registry lock
+        # Weak: a connection that nobody serves or holds any more is freed,
+        # and its session marked abandoned for the janitor (registry lock).
+        self._conns: Dict[Session, "weakref.ref[ClientConnection]"] = {}
         self._metadata: Dict[str, Any] = {}
         self._history: Optional[History] = History(history) if history else None
         # Auto ids are "<epoch>-<n>": a new epoch per broker, so that an id of
@@ -388,7 +411,7 @@ class Broker:
                 return refusal
             first = self._registry.add(session)
             self._counts["sessions_total"] += 1
-            self._conns[session] = conn
+            self._conns[session] = weakref.ref(conn, session.abandon)
             if shared:
                 if resume is not None:
                     self._backplane.complete_replay(conn, resume)
@@ -422,7 +445,7 @@ class Broker:
         # Session.release() calls this exactly once per session.
         with self._lock:
             last = self._registry.remove(session)
-            conn = self._conns.pop(session, None)
+            self._conns.pop(session, None)
             if last:
                 self._metadata.pop(session.client_id, None)
             if session.end_reason == ENDED_SLOW:
@@ -445,7 +468,6 @@ class Broker:
             except Exception:
                 log.exception("disconnect callback failed for client %r session %s",
                               session.client_id, session.session_id)
-        del conn
 
     def _end_session(self, session: Session, reason: str, timeout: float) -> None:
         """Ask ``session`` to finish, and make sure it does within about
@@ -492,7 +514,15 @@ class Broker:
                     return
             now = time.monotonic()
             for s in sessions:
-                if s.released or s.handed_over:
+                if s.released:
+                    continue
+                if s.abandoned:
+                    # Nobody holds its response any more: it was never
+                    # served, or a server dropped the body without close().
+                    s.end(ENDED_BY_CLIENT if s.served else ENDED_NOT_SERVED, abort=True)
+                    s.release()
+                    continue
+                if s.handed_over:
                     continue
                 if not s.served:
                     if now - s.created > PENDING_TIMEOUT:
@@ -663,7 +693,9 @@ class Broker:
         """The open sessions of ``client_id`` (empty if none)."""
         with self._lock:
             found = self._registry.clients.get(client_id, {})
-            return [self._conns[s] for s in found.values() if s in self._conns]
+            refs = [self._conns.get(s) for s in found.values()]
+        conns = [ref() for ref in refs if ref is not None]
+        return [c for c in conns if c is not None]
 
     def set_client_metadata(self, client_id: str, metadata: Any) -> None:
         """Attach any value to a connected client; it is dropped with the

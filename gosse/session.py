@@ -134,7 +134,7 @@ class Session:
     __slots__ = ("client_id", "session_id", "topics", "mailbox", "heartbeat", "deadline",
                  "sock", "lock", "end_reason", "abort", "released", "served",
                  "sock_released", "handed_over", "last_next", "created", "preloaded",
-                 "done", "close_by", "_release", "__weakref__")
+                 "done", "close_by", "abandoned", "_release", "__weakref__")
 
     def __init__(self, client_id: str, session_id: str, topics: frozenset,
                  mailbox: Mailbox, heartbeat: float, deadline: Optional[float],
@@ -158,11 +158,19 @@ class Session:
         self.preloaded: List[bytes] = []  # replay, queued before live events (registration only)
         self.done = threading.Event()     # set once released
         self.close_by: Optional[float] = None   # monotonic deadline of a clean end
+        self.abandoned = False            # its ClientConnection was freed (see abandon)
         self._release = release
 
     @property
     def ending(self) -> bool:
         return self.end_reason is not None
+
+    def abandon(self, _ref: object = None) -> None:
+        """Weak-reference callback: nothing holds this session's connection
+        or stream any more.  Only a flag (it may run inside any thread's
+        garbage collection, holding any lock); the broker's janitor ends
+        and releases the session."""
+        self.abandoned = True
 
     def preload(self, chunks: Iterable[bytes]) -> None:
         """Queue a replay before any live event (called while registering,

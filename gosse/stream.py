@@ -47,6 +47,7 @@ class SessionStream:
         self._environ = environ
         self._hand_over = hand_over
         self._started = False      # stream thread only
+        self.conn: Any = None      # the ClientConnection, once it handed this body out
 
     def __iter__(self) -> "SessionStream":
         return self
