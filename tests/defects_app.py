@@ -18,8 +18,9 @@ Routes:
   ``/flask/bad/<case>`` are the same through Flask, where ``after`` is an
   ``after_request`` that raises.
 * ``GET /whoami``: ``REMOTE_PORT`` (which connection carried the request).
-* ``POST /burst?n=N&size=S&tag=T``: broadcast events ``payload(T, i, S)``
-  (id ``T-i``); answers ``{"n": delivered, "seconds": elapsed}``.
+* ``POST /burst?n=N&size=S&tag=T&first=F``: broadcast events
+  ``payload(T, i, S)`` (id ``T-i``) for i from F (0) to F+N-1; answers
+  ``{"n": delivered, "seconds": elapsed}``.
 * ``POST /close/<client>``, ``POST /broker-close``: ``conn.close()`` of
   the client's sessions, ``broker.close()``.
 * ``POST /big-then?size=S&then=close|broker|none&client=ID``: one event of
@@ -143,8 +144,10 @@ def make_app(broker, record, wrap=None):
             return Response(str(request.environ.get("REMOTE_PORT")))
         if path == "/burst":
             n, size, tag = int(args["n"]), int(args.get("size", 0)), args.get("tag", "b")
+            first = int(args.get("first", 0))
             start = time.monotonic()
-            sent = sum(broker.broadcast(make_event(tag, i, size)) for i in range(n))
+            sent = sum(broker.broadcast(make_event(tag, i, size))
+                       for i in range(first, first + n))
             return Response(json.dumps({"n": sent, "seconds": time.monotonic() - start}),
                             mimetype="application/json")
         if path.startswith("/close/"):

@@ -6,6 +6,7 @@ matters.  The app is tests/defects_app.py.
 Each test names its defect; each failed on the code before the redesign.
 """
 import os
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -183,21 +184,50 @@ def test_gevent_streams_do_not_write_directly():
             assert not wait_until(lambda: stats(url)["sessions_direct"] > 0, timeout=1.0)
 
 
+def gevent_burst_beside(url, n=200, size=64 * 1024):
+    """With a lagging reader open, 200 broadcasts of 64 KiB return in < 3 s and
+    a normal reader gets all of them, exact and in order."""
+    with RawStream(url, "/sse?client=normal", timeout=20) as normal:
+        assert wait_until(lambda: stats(url)["sessions"] == 2, timeout=10)
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(normal.read_events(n)))
+        reader.start()
+        result = burst(url, n, size, timeout=10)
+        reader.join(20)
+        assert result["seconds"] < 3, result
+        expect_burst(got[:n], n, size)
+
+
 def test_gevent_stalled_reader_does_not_slow_broadcasts():
-    """One reader never reads (4 KiB buffer): 200 broadcasts of 64 KiB
-    return in < 3 s, and a normal reader gets all 200, exact and in order."""
-    n, size = 200, 64 * 1024
+    """One reader never reads (4 KiB buffer)."""
     with gevent_server() as (url, proc):
-        with RawStream(url, "/sse?client=stalled", rcvbuf=STALLED) as stalled, \
-                RawStream(url, "/sse?client=normal", timeout=20) as normal:
-            assert wait_until(lambda: stats(url)["sessions"] == 2, timeout=10)
-            got = []
-            reader = threading.Thread(target=lambda: got.extend(normal.read_events(n)))
+        with RawStream(url, "/sse?client=stalled", rcvbuf=STALLED):
+            gevent_burst_beside(url)
+
+
+def test_gevent_slow_reader_does_not_slow_broadcasts():
+    """One reader reads 4 KiB every 50 ms (4 KiB buffer): under old code
+    each broadcast's green send waited for it, under the broker lock."""
+    with gevent_server() as (url, proc):
+        with RawStream(url, "/sse?client=slow", rcvbuf=STALLED) as slow:
+            stop = threading.Event()
+
+            def trickle():
+                for _ in range(2000):           # bounded: at most 100 s
+                    if stop.wait(0.05):         # a slow reader, not a synchronisation
+                        return
+                    try:
+                        slow.sock.recv(4096)
+                    except OSError:
+                        return
+
+            reader = threading.Thread(target=trickle)
             reader.start()
-            result = burst(url, n, size, timeout=10)
-            reader.join(20)
-            assert result["seconds"] < 3, result
-            expect_burst(got[:n], n, size)
+            try:
+                gevent_burst_beside(url)
+            finally:
+                stop.set()
+                reader.join(5)
 
 
 # -- defect 5: gunicorn --protocol uwsgi behind nginx --------------------------------
@@ -207,7 +237,7 @@ def test_uwsgi_protocol_behind_nginx_events_are_byte_exact():
     client): the events an HTTP client gets through nginx ``uwsgi_pass``
     must be exactly the encoded events, no chunk-size markers inside."""
     from gosse import Event
-    if not (os.path.exists("/usr/sbin/nginx") or __import__("shutil").which("nginx")):
+    if not (os.path.exists("/usr/sbin/nginx") or shutil.which("nginx")):
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
     n, size = 5, 300
     with gunicorn_server("defects_app:app", threads=16,
@@ -278,10 +308,13 @@ SERVERS = ["gunicorn", "werkzeug"]
 
 @pytest.mark.parametrize("kind", SERVERS)
 def test_no_close_middleware_conn_close_releases(kind):
+    """Streams ended by the server release their session within 2 s even
+    when a middleware does not forward close()."""
     with serve(kind, GOSSE_T_WRAP="gen", GOSSE_T_HEARTBEAT="1") as url:
         with RawStream(url, "/sse?client=m") as s:
             assert s._read_chunk(65536) == b":ok\n\n"
             assert requests.post(f"{url}/close/m", timeout=10).text == "1"
+            s.read_to_end()    # the response did end: only the session stayed
             assert wait_until(lambda: released(url, "m", "closed"), timeout=2), conns(url, "m")
             assert stats(url)["sessions"] == 0
 
@@ -291,13 +324,15 @@ def test_no_close_middleware_max_age_releases(kind):
     with serve(kind, GOSSE_T_WRAP="gen", GOSSE_T_HEARTBEAT="1", GOSSE_T_MAX_AGE="1") as url:
         with RawStream(url, "/sse?client=m") as s:
             assert s._read_chunk(65536) == b":ok\n\n"
-            assert wait_until(lambda: released(url, "m", "max age"), timeout=1 + 2), \
+            s.read_to_end()    # the response did end: only the session stayed
+            assert wait_until(lambda: released(url, "m", "max age"), timeout=2), \
                 conns(url, "m")
             assert stats(url)["sessions"] == 0
 
 
 @pytest.mark.parametrize("kind", SERVERS)
 def test_no_close_middleware_client_disconnect_releases(kind):
+    """A client that went away: released within 2 x heartbeat_interval + 5 s."""
     with serve(kind, GOSSE_T_WRAP="gen", GOSSE_T_HEARTBEAT="1") as url:
         s = RawStream(url, "/sse?client=m")
         assert s._read_chunk(65536) == b":ok\n\n"
