@@ -181,7 +181,8 @@ def test_gevent_streams_do_not_write_directly():
             assert s._read_chunk(65536) == b":ok\n\n"
             assert stats(url)["sessions"] == 1
             # Old code switched a stream to direct writes right after ":ok".
-            assert not wait_until(lambda: stats(url)["sessions_direct"] > 0, timeout=1.0)
+            assert not wait_until(lambda: stats(url)["sessions_direct"] > 0, timeout=1.0), \
+                f"a gevent stream writes directly: {stats(url)}"
 
 
 def gevent_burst_beside(url, n=200, size=64 * 1024):

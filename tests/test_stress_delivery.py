@@ -10,7 +10,8 @@ first broadcast, so each one's events are a prefix of the longest one's.  A
 reader may be cut (EOF, dropped as slow) but never sees corrupt framing; a
 body that ended with the last chunk leaves its connection usable.
 
-The short run is part of the suite; ``-m soak`` runs a longer one.
+The short run is part of the suite; ``-m soak`` runs a longer one
+(``GOSSE_STRESS_ROUNDS`` rounds of bursts, 60 by default).
 """
 import os
 import socket
@@ -180,5 +181,5 @@ def test_stress_delivery():
 @pytest.mark.soak
 @pytest.mark.timeout(900)
 def test_stress_delivery_soak():
-    rounds = int(os.environ.get("GOSSE_STRESS_ROUNDS", "200"))
+    rounds = int(os.environ.get("GOSSE_STRESS_ROUNDS", "60"))
     run_stress(rounds=rounds, n=50, seconds=600)
