@@ -13,7 +13,8 @@ import time
 import pytest
 import requests
 
-from rawhttp import RawStream, on_socketpair
+from gosse import EventStreamParser
+from rawhttp import RawStream
 from servers import SSEReader, gunicorn_server, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -223,7 +224,9 @@ def test_interleaved_direct_and_thread_writes_keep_order():
 
     server_thread = threading.Thread(target=serve)
     server_thread.start()
-    reader = on_socketpair(client)   # the strict decoder, on this socket
+    reader = RawStream.__new__(RawStream)   # the strict decoder, on this socket
+    reader.sock, reader.buf, reader.chunked = client, bytearray(), True
+    reader.parser, reader.events, reader.ended = EventStreamParser(), [], False
     client.settimeout(30)
     got = []
     reader_thread = threading.Thread(target=lambda: got.extend(reader.read_events(20000, 512)))
