@@ -4,9 +4,9 @@ disconnect callback recorded, served by gunicorn (``defects_app:app``) or
 in-process by Werkzeug (``make_app``).
 
 Configured from the environment (gunicorn) or ``make_app``'s arguments:
-``GOSSE_T_HEARTBEAT``, ``GOSSE_T_QUEUE``, ``GOSSE_T_MAX_AGE`` (Broker
-options) and ``GOSSE_T_WRAP=gen`` (wrap the app in a middleware that does
-not forward ``close()``).
+``GOSSE_T_HEARTBEAT``, ``GOSSE_T_QUEUE``, ``GOSSE_T_QUEUE_BYTES``,
+``GOSSE_T_MAX_AGE`` (Broker options) and ``GOSSE_T_WRAP=gen`` (wrap the
+app in a middleware that does not forward ``close()``).
 
 Routes:
 
@@ -270,9 +270,11 @@ def make_flask_app(connect):
 
 def broker_from_env():
     max_age = os.environ.get("GOSSE_T_MAX_AGE")
+    queue_bytes = os.environ.get("GOSSE_T_QUEUE_BYTES")   # only if set: older Brokers lack it
     return Broker(heartbeat_interval=float(os.environ.get("GOSSE_T_HEARTBEAT", "15")),
                   queue_size=int(os.environ.get("GOSSE_T_QUEUE", "1024")),
-                  max_connection_age=float(max_age) if max_age else None)
+                  max_connection_age=float(max_age) if max_age else None,
+                  **({"queue_bytes": int(queue_bytes)} if queue_bytes else {}))
 
 
 broker = broker_from_env()
