@@ -67,13 +67,15 @@ def wait_for_port(port, proc=None, timeout=20.0):
 
 
 @contextmanager
-def gunicorn_server(app_ref, *, workers=1, threads=64, env=None, extra=()):
-    """Run ``gunicorn -k gthread`` on ``app_ref`` (module:attr, importable
-    from tests/); yield (base_url, process)."""
+def gunicorn_server(app_ref, *, workers=1, threads=64, env=None, extra=(),
+                    worker_class="gthread"):
+    """Run ``gunicorn -k WORKER_CLASS`` (gthread by default) on ``app_ref``
+    (module:attr, importable from tests/); yield (base_url, process)."""
     if shutil.which("gunicorn") is None and not _has_module("gunicorn"):
         raise RuntimeError("gunicorn is not installed (pip install -e '.[test]')")
     port = free_port()
-    cmd = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", str(threads),
+    threading_args = ["--threads", str(threads)] if worker_class == "gthread" else []
+    cmd = [sys.executable, "-m", "gunicorn", "-k", worker_class, *threading_args,
            "-w", str(workers), "-b", f"127.0.0.1:{port}", "--chdir", HERE,
            "--graceful-timeout", "3", "--timeout", "60", "--log-level", "warning",
            *extra, app_ref]
@@ -190,3 +192,74 @@ class SSEReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+NGINX_UWSGI_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            uwsgi_param QUERY_STRING $query_string;
+            uwsgi_param REQUEST_METHOD $request_method;
+            uwsgi_param CONTENT_TYPE $content_type;
+            uwsgi_param CONTENT_LENGTH $content_length;
+            uwsgi_param REQUEST_URI $request_uri;
+            uwsgi_param PATH_INFO $document_uri;
+            uwsgi_param SERVER_PROTOCOL $server_protocol;
+            uwsgi_param REQUEST_SCHEME $scheme;
+            uwsgi_param REMOTE_ADDR $remote_addr;
+            uwsgi_param REMOTE_PORT $remote_port;
+            uwsgi_param SERVER_PORT $server_port;
+            uwsgi_param SERVER_NAME $server_name;
+            uwsgi_pass 127.0.0.1:{upstream};
+            uwsgi_buffering off;
+            uwsgi_read_timeout 60s;
+        }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx_uwsgi_proxy(upstream_port):
+    """Run nginx (its own temp config, pid, log and temp dirs) in front of
+    a uwsgi-protocol server on ``upstream_port`` (``uwsgi_pass``, response
+    buffering off, as for event streams); yield nginx's base URL."""
+    import tempfile
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
+                                      else None)
+    if nginx is None:
+        raise RuntimeError("nginx is not installed (apt-get install -y nginx)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="gosse-nginx-") as tmp:
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_UWSGI_CONF.format(user=user, dir=tmp, port=port,
+                                            upstream=upstream_port))
+        proc = subprocess.Popen([nginx, "-p", tmp, "-c", conf, "-e", f"{tmp}/error.log"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, proc)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            proc.stdout.close()

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from gosse import EventStreamParser
+from rawhttp import RawStream
 from servers import SSEReader, gunicorn_server, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,85 +28,6 @@ def post(url, **data):
     r = requests.post(url, data=data, timeout=60)
     r.raise_for_status()
     return int(r.text)
-
-
-class RawStream:
-    """GET /sse over a raw socket; decodes chunked framing strictly by hand
-    (not with gosse's reader, which these tests also exercise elsewhere)."""
-
-    def __init__(self, url, path, rcvbuf=None, version="HTTP/1.1"):
-        port = int(url.rsplit(":", 1)[1])
-        self.sock = socket.socket()
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(30)
-        self.sock.connect(("127.0.0.1", port))
-        self.buf = bytearray()
-        self.request(path, version)
-        self.head = self.read_head()
-        self.chunked = b"transfer-encoding: chunked" in self.head.lower()
-        self.parser = EventStreamParser()
-        self.events = []
-        self.ended = False   # the last chunk arrived
-
-    def request(self, path, version="HTTP/1.1", method="GET"):
-        self.sock.sendall(f"{method} {path} {version}\r\nHost: t\r\n\r\n".encode())
-
-    def _more(self, size=65536):
-        data = self.sock.recv(size)
-        if not data:
-            raise EOFError("the server closed the connection")
-        self.buf += data
-
-    def read_head(self):
-        while b"\r\n\r\n" not in self.buf:
-            self._more()
-        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
-        self.buf = bytearray(rest)
-        return head
-
-    def _read_chunk(self, size):
-        """One chunk's data (strict: hex size, CRLF, data, CRLF)."""
-        while b"\r\n" not in self.buf:
-            self._more(size)
-        line, _, rest = bytes(self.buf).partition(b"\r\n")
-        assert line and all(c in b"0123456789abcdefABCDEF" for c in line), line[:40]
-        length = int(line, 16)
-        self.buf = bytearray(rest)
-        while len(self.buf) < length + 2:
-            self._more(size)
-        data, end = bytes(self.buf[:length]), bytes(self.buf[length:length + 2])
-        assert end == b"\r\n", (end, data[-40:])
-        del self.buf[:length + 2]
-        return data
-
-    def read_events(self, n, size=65536, delay=0.0):
-        while len(self.events) < n and not self.ended:
-            if self.chunked:
-                data = self._read_chunk(size)
-                if not data:
-                    self.ended = True
-                    break
-            else:
-                if not self.buf:
-                    self._more(size)
-                data, self.buf = bytes(self.buf), bytearray()
-            self.events.extend(self.parser.feed(data))
-            if delay:
-                time.sleep(delay)   # a slow reader, not a synchronisation
-        return self.events
-
-    def read_to_end(self):
-        while not self.ended:
-            data = self._read_chunk(65536)
-            if not data:
-                self.ended = True
-            else:
-                self.events.extend(self.parser.feed(data))
-        assert self.buf == b"", bytes(self.buf[:80])   # nothing after the last chunk
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
