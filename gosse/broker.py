@@ -90,13 +90,14 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
 #: take to write what is queued before the connection is cut.
 CLOSE_TIMEOUT = 1.0
 #: Seconds a session may wait for a server to begin sending its response
-#: while something still holds it (a response nobody holds any more is
-#: released at once).  Generous: under load the serving thread may wait
-#: long for the GIL between connect() and its second next().
-PENDING_TIMEOUT = 60.0
+#: (a response nobody holds any more is released at once; see the janitor
+#: for how a busy process stretches this).
+PENDING_TIMEOUT = 5.0
 #: A served stream whose server has not asked for bytes for two heartbeat
 #: intervals plus this many seconds is taken for gone.
-STALL_GRACE = 30.0
+STALL_GRACE = 5.0
+#: The most a busy process stretches those limits by (seconds).
+MAX_ALLOWANCE = 120.0
 JANITOR_INTERVAL = 0.5
 #: Headers as ``{name: value}`` or ``[(name, value), ...]``.
 HeaderItems = Union[Mapping[str, str], Iterable[Tuple[str, str]]]
@@ -501,10 +502,19 @@ class Broker:
     # -- the janitor -------------------------------------------------------
 
     def _janitor_loop(self) -> None:
-        """Every half second while sessions exist: expire sessions no server
-        serves, end streams the server stopped iterating (a middleware that
-        drops close(), a thread stuck writing to a stalled reader) and cut
-        the ones that did not finish by their close deadline."""
+        """Every half second while sessions exist: release sessions whose
+        response nobody holds any more, expire sessions no server serves,
+        end streams the server stopped iterating (a middleware that drops
+        close(), a thread stuck writing to a stalled reader) and cut the ones
+        that did not finish by their close deadline.
+
+        Judging by wall time must never end a healthy stream of a process so
+        busy that its serving threads wait long for the GIL (10,000 streams
+        opening at once): every limit is stretched by an allowance, four
+        times the longest recent delay seen (the janitor's own lateness, or
+        a session's wait between connect() and being served), decaying."""
+        allowance = 0.0
+        last = time.monotonic()
         while True:
             time.sleep(JANITOR_INTERVAL)
             with self._lock:
@@ -513,6 +523,12 @@ class Broker:
                     self._janitor = None
                     return
             now = time.monotonic()
+            delay = now - last - JANITOR_INTERVAL
+            last = now
+            for s in sessions:
+                if s.served and now - s.served_at <= 2 * JANITOR_INTERVAL + delay:
+                    delay = max(delay, s.served_at - s.created)   # served since the last tick
+            allowance = min(MAX_ALLOWANCE, max(4 * delay, allowance * 0.95))
             for s in sessions:
                 if s.released:
                     continue
@@ -525,11 +541,11 @@ class Broker:
                 if s.handed_over:
                     continue
                 if not s.served:
-                    if now - s.created > PENDING_TIMEOUT:
+                    if now - s.created > PENDING_TIMEOUT + allowance:
                         s.end(ENDED_NOT_SERVED, abort=True)
                         s.release(ENDED_NOT_SERVED)
                 elif ((s.close_by is not None and now > s.close_by)
-                      or now - s.last_next > 2 * s.heartbeat + STALL_GRACE):
+                      or now - s.last_next > 2 * s.heartbeat + STALL_GRACE + allowance):
                     s.end(ENDED_BY_CLIENT, abort=True)
                     s.shutdown_socket()
                     s.release()

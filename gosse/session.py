@@ -134,7 +134,7 @@ class Session:
     __slots__ = ("client_id", "session_id", "topics", "mailbox", "heartbeat", "deadline",
                  "sock", "lock", "end_reason", "abort", "released", "served",
                  "sock_released", "handed_over", "last_next", "created", "preloaded",
-                 "done", "close_by", "abandoned", "_release", "__weakref__")
+                 "done", "close_by", "abandoned", "served_at", "_release", "__weakref__")
 
     def __init__(self, client_id: str, session_id: str, topics: frozenset,
                  mailbox: Mailbox, heartbeat: float, deadline: Optional[float],
@@ -151,6 +151,7 @@ class Session:
         self.abort = False                # under lock: discard output, cut the connection
         self.released = False             # under lock: removed from the broker
         self.served = False               # stream thread: a server is sending the response
+        self.served_at = 0.0              # stream thread: when served became True
         self.sock_released = False        # under lock: the response is over; never touch sock
         self.handed_over = False          # under the broker's delivery lock: the writer owns sock
         self.last_next = time.monotonic()  # stream thread: when the server last asked for bytes

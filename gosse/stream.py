@@ -27,6 +27,7 @@ from .session import ENDED_BY_AGE, ENDED_BY_CLIENT, Session
 __all__ = ["SessionStream"]
 
 _monotonic = time.monotonic
+PARK_CHECK = 60.0   # seconds between a parked stream's checks that its writer lives
 
 # hand_over(session, sock) -> (the writer's "finished" lock, the writer) or None
 HandOver = Callable[[Session, object], Optional[Tuple[Any, Any]]]
@@ -63,6 +64,7 @@ class SessionStream:
             s.preloaded = []
             return self._first + replay + s.mailbox.take()
         if not s.served:
+            s.served_at = _monotonic()
             s.served = True   # the server has written the head and the first bytes
             if self._hand_over is not None and not s.ending:
                 self._serve_by_writer(sys._getframe(1))
@@ -98,7 +100,10 @@ class SessionStream:
         if handed is None:
             return
         finished, writer = handed
-        while not finished.acquire(timeout=1.0):
+        # The writer releases the lock however it ends (its loop frees every
+        # session it holds even when it fails); the timeout is only a
+        # backstop, long so that 10,000 parked threads do not wake for it.
+        while not finished.acquire(timeout=PARK_CHECK):
             if not writer.alive:
                 self.session.end(ENDED_BY_CLIENT, abort=True)
                 break
