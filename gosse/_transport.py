@@ -8,7 +8,15 @@ a server writes one chunk per event.  Doing so needs urllib3's ``_fp`` (the
 to close promptly, the socket under it.  All of that lives here, behind
 :data:`FAST_PATH`, a version guard: on a urllib3 line this module was not
 written for (or if an attribute is missing) only public APIs are used
-(``HTTPResponse.read_chunked``, ``read1``, ``stream``), slower but correct.
+(``HTTPResponse.read1`` of urllib3 2.3+, ``read_chunked``, ``stream``), slower
+but correct; close() then interrupts a read with ``HTTPResponse.shutdown()``
+(urllib3 2.3+) or waits for the next byte or ``read_timeout``.
+
+Routes (``path``): ``fast-chunked`` (identity + chunked: :class:`_ChunkedBody`),
+``public-read1`` (urllib3 2.3+, other bodies, decoding included),
+``private-read1`` / ``private-decoder`` (urllib3 1.26-2.2: http.client's
+``read1``, plus urllib3's decoder for gzip/deflate), ``public-chunked`` /
+``public-stream`` (unknown urllib3 without ``read1``).
 
 :func:`body_reader` returns ``(path, read)``; tests assert which ``path`` each
 urllib3 line takes.
@@ -109,16 +117,16 @@ def body_reader(raw: Any) -> Tuple[str, Callable[[], bytes]]:
     route taken (see the module docstring)."""
     encoding = (raw.headers.get("Content-Encoding") or "identity").strip().lower()
     fp = _http_client_response(raw)
-    if fp is not None and fp.fp is not None and fp.chunk_left is None:
-        if encoding == "identity":
-            if fp.chunked:
-                return "chunked-fast", _ChunkedBody(fp.fp).read
-            return "identity-read1", lambda: fp.read1(READ_SIZE)
-        if not hasattr(raw, "read1"):
-            return "decoded-legacy", _legacy_decoder(raw, fp)
+    if fp is not None and fp.fp is not None:
+        if encoding == "identity" and fp.chunked and fp.chunk_left is None:
+            return "fast-chunked", _ChunkedBody(fp.fp).read
+        if not hasattr(raw, "read1"):     # urllib3 < 2.3
+            if encoding == "identity" and not fp.chunked:
+                return "private-read1", lambda: fp.read1(READ_SIZE)
+            if encoding != "identity":
+                return "private-decoder", _legacy_decoder(raw, fp)
     if hasattr(raw, "read1"):   # urllib3 >= 2.3: also undoes content encoding
-        return ("decoded-read1" if FAST_PATH else "public-read1",
-                lambda: raw.read1(READ_SIZE, decode_content=True))
+        return "public-read1", lambda: raw.read1(READ_SIZE, decode_content=True)
     chunked = "chunked" in (raw.headers.get("Transfer-Encoding") or "").lower()
     if chunked and hasattr(raw, "read_chunked"):
         chunks = raw.read_chunked(None, decode_content=True)
