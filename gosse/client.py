@@ -427,36 +427,68 @@ class Subscription:
         return event
 
     def __iter__(self) -> Iterator[Event]:
-        # One event per step, taken under the queue's lock: what the loop
-        # did not receive stays in the queue.
-        take = self._take
-        while True:
-            event = take(None)
-            if event is None:
-                return
-            yield event
+        # One event per step, so what the loop did not receive stays queued.
+        # The common case takes no lock: deque.popleft is atomic, the reader
+        # sets writer_waiting before it looks for room (so a consumer that
+        # makes room sees it), and the queue's task count is settled in
+        # batches (and when the loop ends).
+        q = self.feed
+        items = q.queue
+        popleft = items.popleft
+        taken = 0
+        try:
+            while True:
+                if items and taken < 256 and not self._closed:
+                    try:
+                        event = popleft()
+                    except IndexError:   # another thread took it
+                        continue
+                    taken += 1
+                    if q.writer_waiting:
+                        self._notify_writer()
+                    yield event
+                    continue
+                if taken:
+                    self._settle(taken)
+                    taken = 0
+                event = self._take(None)
+                if event is None:
+                    return
+                yield event
+        finally:
+            if taken:
+                self._settle(taken)
+
+    def _settle(self, count: int) -> None:
+        q = self.feed
+        with q.mutex:
+            q.unfinished_tasks -= count
+            if q.unfinished_tasks <= 0:
+                q.unfinished_tasks = 0
+                q.all_tasks_done.notify_all()
+
+    def _notify_writer(self) -> None:
+        q = self.feed
+        with q.mutex:
+            q.not_full.notify()
 
     def _take(self, timeout: Optional[float]) -> Optional[Event]:
         """The next event, counted as done; ``None`` at the (quiet) end."""
         q = self.feed
         items = q.queue
+        deadline = None
         with q.mutex:
-            if items and not self._closed:   # the common case, first
-                event = items.popleft()
-                q.unfinished_tasks -= 1
-                if not q.unfinished_tasks:
-                    q.all_tasks_done.notify_all()
-                if q.writer_waiting:
-                    q.not_full.notify()
-                return event
-            deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 if self._closed:
                     return None
                 if items:
-                    event = items.popleft()
+                    try:
+                        event = items.popleft()
+                    except IndexError:   # emptied by a close() in a signal handler
+                        continue
                     q.unfinished_tasks -= 1
-                    if not q.unfinished_tasks:
+                    if q.unfinished_tasks <= 0:
+                        q.unfinished_tasks = 0
                         q.all_tasks_done.notify_all()
                     if q.writer_waiting:
                         q.not_full.notify()
@@ -465,13 +497,15 @@ class Subscription:
                     if self._error is not None:
                         raise self._error
                     return None
-                if deadline is None:
+                if timeout is None:
                     q.not_empty.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise queue.Empty
-                    q.not_empty.wait(remaining)
+                    continue
+                if deadline is None:
+                    deadline = time.monotonic() + timeout
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise queue.Empty
+                q.not_empty.wait(remaining)
 
     def close(self) -> None:
         """Stop receiving events; iteration ends quietly and queued events are
@@ -515,7 +549,11 @@ class Subscription:
         with q.mutex:
             while done < len(events):
                 if self._closed or core.closing:
+                    q.writer_waiting = False
                     return True
+                # Set before looking for room: a consumer that takes an event
+                # without the lock (see __iter__) then knows to notify.
+                q.writer_waiting = True
                 room = q.maxsize - len(items)
                 if room <= 0:
                     now = time.monotonic()
@@ -525,12 +563,12 @@ class Subscription:
                     if stall_timeout is not None:
                         left = full_since + stall_timeout - now
                         if left <= 0:
+                            q.writer_waiting = False
                             return False
                         wait = min(wait, left)
-                    q.writer_waiting = True
                     q.not_full.wait(wait)    # consumers and close() notify
-                    q.writer_waiting = False
                     continue
+                q.writer_waiting = False
                 full_since = None
                 batch = events[done:done + room] if done or room < len(events) else events
                 items.extend(batch)
