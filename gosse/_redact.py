@@ -75,6 +75,25 @@ class Redactor:
         return text if pattern is None else pattern.sub(MASK, text)
 
 
+    def exception(self, exc: BaseException) -> BaseException:
+        """``exc``, or a copy of the same type whose message has the secrets
+        replaced (for ``__cause__``: a printed traceback shows its message)."""
+        text = str(exc)
+        pattern = getattr(self, "_pattern", None)
+        if pattern is None or not pattern.search(text):
+            return exc
+        try:
+            if hasattr(exc, "request") and hasattr(exc, "response"):   # requests' errors
+                clean = type(exc)(self(text), request=getattr(exc, "request"),
+                                  response=getattr(exc, "response"))
+            else:
+                clean = type(exc)(self(text))
+        except Exception:  # noqa: BLE001 - an exception type with another signature
+            clean = RuntimeError(f"{type(exc).__name__}: {self(text)}")
+        clean.__suppress_context__ = True
+        return clean.with_traceback(exc.__traceback__)
+
+
 def redact_url(url: object) -> str:
     """``url`` with its password and secret query values replaced by ``***``."""
     redactor = Redactor(url)

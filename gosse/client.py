@@ -231,9 +231,10 @@ def open_stream(session: requests.Session, method: str, url: str, headers: Mappi
                                    **session_tls_kwargs(session))
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise FeedConnectionError(
-            f"cannot connect to {redact.safe_url}: {redact(exc)}") from exc
+            f"cannot connect to {redact.safe_url}: {redact(exc)}") from redact.exception(exc)
     except requests.RequestException as exc:
-        raise FeedError(f"the request to {redact.safe_url} failed: {redact(exc)}") from exc
+        raise FeedError(f"the request to {redact.safe_url} failed: "
+                        f"{redact(exc)}") from redact.exception(exc)
     check_response(response, redact)
     return response
 
@@ -915,7 +916,7 @@ class _FeedCore:
                         error = FeedConnectionError(
                             f"the connection to {self.redact.safe_url} broke: "
                             f"{self.redact(problem)}")
-                        error.__cause__ = problem
+                        error.__cause__ = self.redact.exception(problem)
                     break
                 log.info("event stream %s %s; reconnecting in %d ms", self.redact.safe_url,
                          "ended" if problem is None else f"broke ({self.redact(problem)})",
@@ -998,7 +999,7 @@ class _FeedCore:
                     f"{failures} failed reconnection attempt(s) "
                     f"(max_retries={self._max_retries})"
                     + (f"; the last: {self.redact(last)}" if last is not None else ""))
-                error.__cause__ = last
+                error.__cause__ = None if last is None else self.redact.exception(last)
                 return error
             if self._wait(delay):
                 return None

@@ -136,7 +136,7 @@ class EventStream:
                 except _READ_ERRORS as exc:
                     raise FeedConnectionError(
                         f"the connection to {self._redact.safe_url} broke: "
-                        f"{self._redact(exc)}") from exc
+                        f"{self._redact(exc)}") from self._redact.exception(exc)
                 if not chunk:
                     return
                 try:

@@ -7,8 +7,10 @@ import json
 import logging
 import threading
 import time
+import traceback
 
 import pytest
+import requests
 
 from gosse import (FeedConnectionError, FeedError, InvalidURLError, ResponseError,
                    SSEError)
@@ -198,7 +200,9 @@ def test_credentials_never_reach_logs_messages_or_repr(caplog):
     # A connection error's message quotes the URL (requests' text).
     with pytest.raises(FeedConnectionError) as info:
         connect_with_sse_feed(SECRET_URL.format(port=port), timeout=1)
-    seen += [str(info.value)]
+    seen += [str(info.value), "".join(traceback.format_exception(
+        type(info.value), info.value, info.value.__traceback__))]
+    assert isinstance(info.value.__cause__, requests.ConnectionError)
     seen += [caplog.text] + [r.getMessage() for r in caplog.records]
     text = "\n".join(seen)
     assert "alice" in text and "room=7" in text          # what is not secret stays
