@@ -330,7 +330,8 @@ class _FeedQueue(queue.Queue):
 
     Its mutex is an RLock: ``SSEFeed.close()`` may run in a signal handler
     that interrupted this very thread inside one of the queue's critical
-    sections.  ``put()`` is for gosse only (the feed's reader thread).
+    sections.  The feed's reader thread adds events itself (see
+    ``Subscription._offer``), several at a time, under this mutex.
     """
 
     def __init__(self, maxsize: int):
