@@ -159,7 +159,7 @@ def test_a_server_sending_its_head_late_can_be_connected_to():
 
 
 def test_read_timeout_bounds_the_wait_for_the_head():
-    with RawServer(late_head(2.0)) as server:
+    with RawServer(late_head(1.0)) as server:
         with pytest.raises(FeedConnectionError):
             connect_with_sse_feed(server.url(), read_timeout=0.3)
 
@@ -170,7 +170,7 @@ def test_timeout_none_is_accepted_and_a_requests_style_timeout_still_works():
             assert feed.subscribe().get(timeout=3).data == "a"
         with connect_with_sse_feed(server.url(), timeout=(1, 5)) as feed:
             assert feed.subscribe().get(timeout=3).data == "a"
-    with RawServer(late_head(2.0)) as server:
+    with RawServer(late_head(1.0)) as server:
         with pytest.raises(FeedConnectionError):
             connect_with_sse_feed(server.url(), timeout=0.3)
 
