@@ -3,13 +3,15 @@
 # urllib3 lines the client's fast path supports (gosse/_transport.py):
 #
 #   old:  urllib3 1.26 with the oldest requests setup.cfg allows (2.25)
+#   u2.0: urllib3 2.0 (no HTTPResponse.read1 yet) with the oldest requests
+#         that accepts urllib3 2 (2.30)
 #   new:  the newest urllib3 2.x and requests
 #
 # Packages come from PyPI (pip's configured index).  If a venv cannot be made
 # or its packages cannot be installed (no network, no ensurepip), the script
 # says so and exits 0: the matrix is skipped, not failed.  A test failure
 # exits 1.  Options (environment): PYTHON (default python3), MATRIX (default
-# "old new"), KEEP=1 keeps the venvs (in $TMPDIR/gosse-client-matrix.*).
+# "old u2.0 new"), KEEP=1 keeps the venvs (in $TMPDIR/gosse-client-matrix.*).
 #
 #   bash .ci/client-matrix.sh
 set -uo pipefail
@@ -21,13 +23,14 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/gosse-client-matrix.XXXXXX")"
 pins() {
     case "$1" in
         old) echo "requests==2.25.* urllib3==1.26.* idna<3 chardet<5" ;;
+        u2.0) echo "requests==2.30.* urllib3==2.0.*" ;;
         new) echo "requests urllib3>=2,<3" ;;
         *) echo "unknown matrix entry $1" >&2; return 1 ;;
     esac
 }
 
 status=0
-for entry in ${MATRIX:-old new}; do
+for entry in ${MATRIX:-old u2.0 new}; do
     venv="$work/$entry"
     started=$SECONDS
     if ! "$python" -m venv "$venv" >"$work/$entry.log" 2>&1; then
