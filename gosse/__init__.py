@@ -2,9 +2,11 @@
 from .errors import (BackplaneError, BrokerClosedError, ConnectHookError, EventError,
                      EventStreamError, FeedClosedError,
                      FeedConnectionError, FeedError, ResponseError, SessionLimitError,
-                     SSEError, StreamingUnsupportedError, UnknownClientError)
+                     SSEError, StreamingUnsupportedError, UnknownClientError,
+                     EventDataError, FeedShutDown, InvalidURLError, SubscriptionStalledError)
 from .broker import Broker, ClientConnection, Refusal
 from .client import SSEFeed, Subscription, connect_with_sse_feed
+from .oneshot import EventStream, iter_events, stream
 from .event import Event, JSONEvent
 from .parser import EventStreamParser
 
@@ -18,4 +20,6 @@ __all__ = [
     "UnknownClientError", "BrokerClosedError", "SessionLimitError", "ConnectHookError",
     "FeedError", "FeedConnectionError", "ResponseError", "FeedClosedError",
     "BackplaneError",
+    "stream", "iter_events", "EventStream",
+    "EventDataError", "FeedShutDown", "InvalidURLError", "SubscriptionStalledError",
 ]

@@ -345,24 +345,36 @@ def _run_listen(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace) -> int:
     import requests
 
+    from ._redact import Redactor, redact_url
     from .client import connect_with_sse_feed
-    from .errors import FeedClosedError, SSEError
+    from .errors import FeedClosedError, FeedConnectionError, SSEError
 
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     wanted = set(args.event) or None
     show = _Printer(args.json)
     headers = dict(args.header) or None
     connect_timeout = 10.0 if args.timeout is None else min(10.0, args.timeout)
+    # A server may send its response head only with its first event (go-sse
+    # does, after its first heartbeat): wait for it as long as --timeout lets.
+    head_timeout = None if args.timeout is None else args.timeout
+    safe_url = redact_url(args.url)
     try:
-        feed = connect_with_sse_feed(args.url, headers, timeout=connect_timeout,
+        feed = connect_with_sse_feed(args.url, headers, timeout=(connect_timeout, head_timeout),
                                      last_event_id=args.last_event_id)
+    except FeedConnectionError as exc:
+        if deadline is not None and time.monotonic() >= deadline - 0.05 and \
+                isinstance(exc.__cause__, requests.Timeout):
+            if args.verbose:
+                _say("listen", f"no response head from {safe_url} within --timeout")
+            return EXIT_OK if args.count is None else EXIT_TIMEOUT
+        return _listen_error(exc, args.verbose)
     except SSEError as exc:
         return _listen_error(exc, args.verbose)
     except (ValueError, requests.RequestException) as exc:  # "Invalid URL", ...
-        _say("listen", f"{exc}")
+        _say("listen", Redactor(args.url)(exc))
         return EXIT_ERROR
     if args.verbose:
-        _say("listen", f"connected to {args.url}")
+        _say("listen", f"connected to {safe_url}")
     with feed:
         sub = feed.subscribe(None)  # one queue keeps the order across types
         printed = 0

@@ -7,7 +7,8 @@ both, so ``except ValueError`` keeps working.
 """
 from __future__ import annotations
 
-from typing import Optional
+import queue
+from typing import Any, Optional
 
 __all__ = [
     "SSEError",
@@ -22,6 +23,10 @@ __all__ = [
     "FeedConnectionError",
     "ResponseError",
     "FeedClosedError",
+    "FeedShutDown",
+    "SubscriptionStalledError",
+    "EventDataError",
+    "InvalidURLError",
     "BackplaneError",
 ]
 
@@ -84,18 +89,49 @@ class FeedConnectionError(FeedError):
 class ResponseError(FeedError):
     """The server answered, but not with an event stream: a status other than
     200 (204 means "stop reconnecting") or a content type other than
-    ``text/event-stream``."""
+    ``text/event-stream``.
+
+    ``response`` is the refused ``requests.Response`` with its body read up to
+    a bound (``.response.text`` / ``.response.json()`` work), ``body`` that
+    text and ``headers`` its headers; ``url`` has credentials redacted."""
 
     def __init__(self, message: str, *, status_code: int,
-                 content_type: Optional[str] = None, url: Optional[str] = None):
+                 content_type: Optional[str] = None, url: Optional[str] = None,
+                 response: Any = None, body: str = ""):
         super().__init__(message)
         self.status_code = status_code
         self.content_type = content_type
         self.url = url
+        self.response = response
+        self.body = body
+        self.headers = {} if response is None else response.headers
 
 
 class FeedClosedError(FeedError):
     """The feed or subscription was closed; nothing more will arrive."""
+
+
+# Go closes a subscription's channel at the end; Python 3.13 gives queues
+# shutdown() and queue.ShutDown.  Before 3.13 the closest stdlib notion of
+# "nothing more will come" is EOFError.
+class FeedShutDown(FeedClosedError, getattr(queue, "ShutDown", EOFError)):  # type: ignore[misc]
+    """Raised by ``sub.feed.get()`` once the subscription has ended and its
+    queue is drained (a ``queue.ShutDown`` on Python 3.13+, an ``EOFError``
+    before), so that a Go-style ``while True: sub.feed.get()`` loop ends."""
+
+
+class SubscriptionStalledError(FeedError):
+    """A subscription's queue stayed full for longer than the feed's
+    ``stall_timeout``: that subscription was ended so that the others go on."""
+
+
+class InvalidURLError(FeedError, ValueError):
+    """The feed's URL is not an ``http://`` or ``https://`` URL."""
+
+
+class EventDataError(SSEError, ValueError):
+    """An event's data is not what was asked of it (``Event.json()`` on data
+    that is not JSON).  The parser's exception is the ``__cause__``."""
 
 
 class BackplaneError(SSEError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from .errors import EventError
+from .errors import EventDataError, EventError
 
 __all__ = ["Event", "JSONEvent", "encode_comment", "HEARTBEAT"]
 
@@ -128,6 +128,18 @@ class Event:
             parts.append("\n")
             wire = self._wire = _utf8("".join(parts))
         return wire
+
+    def json(self, **loads_kwargs: Any) -> Any:
+        """The data parsed as JSON (``json.loads``).  Raises
+        :class:`~gosse.errors.EventDataError` (a ``ValueError``) if it is not
+        JSON, e.g. an LLM stream's final ``data: [DONE]``."""
+        try:
+            return json.loads(self._data, **loads_kwargs)
+        except (TypeError, ValueError) as exc:
+            shown = self._data if self._data is None or len(self._data) <= 60 \
+                else self._data[:60] + "..."
+            raise EventDataError(f"the data of event {self._event!r} is not JSON "
+                                 f"({exc}): {shown!r}") from exc
 
     def replace(self, **changes: Any) -> "Event":
         """A copy of this event with some fields changed:

@@ -292,3 +292,44 @@ def test_publish_errors(demo):
     out = run_cli("publish", url, "--data", "x")
     assert out.returncode == 1
     assert one_line(out.stderr).startswith(f"gosse publish: cannot connect to {url}")
+
+
+# -- gosse listen: a late response head, credentials (issue 13: defects 9, 11) -------
+
+def _late_head(delay):
+    def handler(conn):
+        time.sleep(delay)         # go-sse sends its head with its first heartbeat
+        conn.start()
+        conn.write(b"data: late\n\n")
+        conn.hold(timeout=10)
+    return handler
+
+
+def test_listen_timeout_while_the_server_has_not_sent_its_head():
+    from rawserver import RawServer
+    with RawServer(_late_head(3.0)) as server:
+        r = run_cli("listen", server.url(), "--count", "1", "--timeout", "1")
+        code, out, err = r.returncode, r.stdout, r.stderr
+        assert (code, out) == (124, ""), err
+        r = run_cli("listen", server.url(), "--timeout", "1")
+        code, out, err = r.returncode, r.stdout, r.stderr
+        assert (code, out) == (0, ""), err
+
+
+def test_listen_waits_for_a_late_head():
+    from rawserver import RawServer
+    with RawServer(_late_head(1.0)) as server:
+        r = run_cli("listen", server.url(), "--count", "1", "--timeout", "8")
+        code, out, err = r.returncode, r.stdout, r.stderr
+        assert (code, out) == (0, "[message] late\n"), err
+
+
+def test_listen_verbose_redacts_credentials():
+    from rawserver import RawServer, sse, status
+    with RawServer([sse(b"data: one\n\n", hold=False), status(401, b"no")]) as server:
+        url = f"http://bob:hunter2@127.0.0.1:{server.port}/sse?access_token=tok-xyz"
+        r = run_cli("listen", "-v", url, "--count", "2", "--timeout", "8")
+        code, out, err = r.returncode, r.stdout, r.stderr
+        assert code == 1 and out == "[message] one\n", err
+        assert "401" in err and "connected to" in err
+        assert "hunter2" not in err and "tok-xyz" not in err, err

@@ -1,6 +1,6 @@
-"""The feed's own HTTP/1.1 body reader (gosse.client._HTTPBody): chunked
-framing undone across read boundaries, Content-Length and unframed bodies,
-and malformed framing treated as a broken connection.
+"""The feed's own HTTP/1.1 chunked body reader (gosse._transport._ChunkedBody):
+chunked framing undone across read boundaries, malformed framing treated as a
+broken connection; Content-Length and unframed bodies over a socket.
 
 The first tests drive the reader with scripted read results (the boundaries
 of what one socket read returns are the input here, like the parser's
@@ -12,7 +12,8 @@ import io
 import pytest
 
 from gosse import FeedConnectionError
-from gosse.client import _HTTPBody, connect_with_sse_feed
+from gosse._transport import _ChunkedBody
+from gosse.client import connect_with_sse_feed
 from rawserver import RawServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,21 +59,21 @@ PAYLOADS = [b"data: a\n\n", b"x" * 300, b"\r\n\r\n", b"0\r\n", b"id: 1\ndata: \x
 def test_chunked_whole_and_split_at_every_position():
     wire = frame(*PAYLOADS)
     expected = b"".join(PAYLOADS)
-    assert read_all(_HTTPBody(Reads([wire]), chunked=True, length=None)) == expected
+    assert read_all(_ChunkedBody(Reads([wire]))) == expected
     for cut in range(1, len(wire)):
         reads = Reads([wire[:cut], wire[cut:]])
-        assert read_all(_HTTPBody(reads, chunked=True, length=None)) == expected, cut
+        assert read_all(_ChunkedBody(reads)) == expected, cut
 
 
 def test_chunked_byte_by_byte():
     wire = frame(*PAYLOADS)
     reads = Reads([wire[i:i + 1] for i in range(len(wire))])
-    assert read_all(_HTTPBody(reads, chunked=True, length=None)) == b"".join(PAYLOADS)
+    assert read_all(_ChunkedBody(reads)) == b"".join(PAYLOADS)
 
 
 def test_many_chunks_in_one_read_come_out_as_one_piece():
     wire = frame(*[b"data: %d\n\n" % i for i in range(100)])
-    body = _HTTPBody(Reads([wire]), chunked=True, length=None)
+    body = _ChunkedBody(Reads([wire]))
     first = body.read()
     assert first == b"".join(b"data: %d\n\n" % i for i in range(100))
     assert body.read() == b""
@@ -83,7 +84,7 @@ def test_chunk_extensions_bare_lf_hex_case_and_trailers():
             b"00005\n12345\n"                       # leading zeros, LF-only framing
             b"0\r\nX-Trailer: yes\r\n\r\n")
     reads = Reads([wire, b"never read"])
-    assert read_all(_HTTPBody(reads, chunked=True, length=None)) == b"012345678912345"
+    assert read_all(_ChunkedBody(reads)) == b"012345678912345"
     assert reads.pieces == [b"never read"]           # stopped at the last chunk
 
 
@@ -96,20 +97,20 @@ def test_chunk_extensions_bare_lf_hex_case_and_trailers():
     b"5\r\nhelloXX0\r\n\r\n",     # no line end after the chunk data
 ], ids=["not-hex", "0x-prefix", "underscore", "negative", "empty", "no-crlf-after-data"])
 def test_malformed_framing_is_an_http_error(wire):
-    body = _HTTPBody(Reads([wire]), chunked=True, length=None)
+    body = _ChunkedBody(Reads([wire]))
     with pytest.raises(http.client.HTTPException):
         read_all(body)
 
 
 def test_data_before_malformed_framing_is_handed_on_first():
-    body = _HTTPBody(Reads([frame(b"data: a\n\n", last=b"zz\r\n")]), chunked=True, length=None)
+    body = _ChunkedBody(Reads([frame(b"data: a\n\n", last=b"zz\r\n")]))
     assert body.read() == b"data: a\n\n"
     with pytest.raises(http.client.HTTPException, match="invalid chunk size"):
         body.read()
 
 
 def test_endless_chunk_size_line_is_refused():
-    body = _HTTPBody(Reads([b"1" * 3000, b"2" * 3000]), chunked=True, length=None)
+    body = _ChunkedBody(Reads([b"1" * 3000, b"2" * 3000]))
     with pytest.raises(http.client.HTTPException, match="too long"):
         read_all(body)
 
@@ -117,33 +118,21 @@ def test_endless_chunk_size_line_is_refused():
 @pytest.mark.parametrize("wire", [frame(b"data: a\n\n", last=b""), b"5\r\nab"],
                          ids=["no-last-chunk", "inside-a-chunk"])
 def test_eof_before_the_last_chunk_is_incomplete(wire):
-    body = _HTTPBody(Reads([wire]), chunked=True, length=None)
+    body = _ChunkedBody(Reads([wire]))
     with pytest.raises(http.client.IncompleteRead):
         read_all(body)
 
 
-def test_content_length_body_stops_at_its_length():
-    reads = Reads([b"data: a\n\n", b"data: b\n\nEXTRA"])
-    body = _HTTPBody(reads, chunked=False, length=18)
-    assert read_all(body) == b"data: a\n\ndata: b\n\n"
-    assert all(size <= 18 for size in reads.asked)
-
-
-def test_content_length_body_cut_short_is_incomplete():
-    body = _HTTPBody(Reads([b"data: a\n\n"]), chunked=False, length=100)
-    with pytest.raises(http.client.IncompleteRead):
-        read_all(body)
-
-
-def test_unframed_body_ends_at_eof():
-    reads = Reads([b"data: a\n", b"\n"])
-    assert read_all(_HTTPBody(reads, chunked=False, length=None)) == b"data: a\n\n"
+def test_chunk_size_with_many_leading_zeros_is_valid():
+    # RFC 9112: chunk-size = 1*HEXDIG; leading zeros are not bounded.
+    wire = b"0" * 40 + b"9\r\ndata: a\n\n\r\n" + b"0" * 20 + b"\r\n\r\n"
+    assert read_all(_ChunkedBody(Reads([wire]))) == b"data: a\n\n"
 
 
 def test_reads_from_a_real_buffered_reader():
     wire = frame(*PAYLOADS)
     reader = io.BufferedReader(io.BytesIO(wire), buffer_size=7)
-    assert read_all(_HTTPBody(reader, chunked=True, length=None)) == b"".join(PAYLOADS)
+    assert read_all(_ChunkedBody(reader)) == b"".join(PAYLOADS)
 
 
 # -- through a real socket -----------------------------------------------------------

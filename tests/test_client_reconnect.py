@@ -149,7 +149,7 @@ def test_204_on_reconnect_ends_the_feed():
 
 @pytest.mark.parametrize("answer,code,content_type", [
     (status(500, b"oops"), 500, "text/plain"),
-    (status(503, b"busy", headers={"Retry-After": "1"}), 503, "text/plain"),
+    (status(404, b"gone"), 404, "text/plain"),
     (sse(b"data: x\n\n", content_type="text/html"), 200, "text/html"),
 ])
 def test_bad_answer_on_reconnect_ends_the_feed_with_an_error(answer, code, content_type):

@@ -84,11 +84,16 @@ def test_failing_headers_callable_on_reconnect_is_a_failed_attempt():
     ({"data": b"raw bytes"}, b"raw bytes", None),
     ({"data": {"a": "1", "b": "2"}}, b"a=1&b=2", "application/x-www-form-urlencoded"),
 ])
-def test_request_body_is_sent_again_on_reconnect(body, expect, content_type):
+def test_request_body_is_sent_again_on_reconnect_when_asked(body, expect, content_type,
+                                                            caplog):
+    caplog.set_level("WARNING", logger="gosse")
     with RawServer(reconnecting(b"data: x\n\n")) as server:
-        with connect_with_sse_feed(server.url(), method="POST", retry=20, **body) as feed:
+        with connect_with_sse_feed(server.url(), method="POST", retry=20, reconnect=True,
+                                   **body) as feed:
             collect(feed.subscribe(), 2)
     assert len(server.requests) == 2
+    resent = [r for r in caplog.records if "re-sending the POST request body" in r.message]
+    assert len(resent) == 1
     for request in server.requests:
         assert request.method == "POST"
         assert request.body == expect
