@@ -42,7 +42,7 @@ from .event import Event, encode_comment
 from .registry import History, Registry, Target
 from .session import (ENDED_BY_APP, ENDED_BY_BROKER, ENDED_BY_CLIENT, ENDED_NOT_SERVED,
                       ENDED_SLOW, Mailbox, Session)
-from .stream import SessionStream
+from .body import SessionStream
 from .writer import SocketWriter, frame_chunk
 
 __all__ = ["Broker", "ClientConnection", "Refusal", "RESET_EVENT", "live_brokers"]

@@ -5,7 +5,7 @@ have one owner each:
 
 * the :class:`Mailbox` is filled by whoever holds the broker's delivery lock
   (a broadcasting thread, a backplane listener) and emptied by the session's
-  stream thread (the WSGI server thread iterating :class:`~gosse.stream.SessionStream`);
+  stream thread (the WSGI server thread iterating :class:`~gosse.body.SessionStream`);
 * after a hand-over (:mod:`gosse.writer`) the socket and the outgoing bytes
   belong to the broker's writer thread until it gives them back;
 * the lifecycle fields (``end_reason``, ``abort``, ``released``,
