@@ -55,7 +55,14 @@ class SessionStream:
 
     def __next__(self) -> bytes:
         s = self.session
-        s.last_next = _monotonic()
+        s.in_next = True
+        try:
+            return self._next(s)
+        finally:
+            s.in_next = False
+            s.last_next = _monotonic()   # the server writes what we returned
+
+    def _next(self, s: Session) -> bytes:
         if not self._started:
             self._started = True
             if s.abort:
@@ -67,7 +74,7 @@ class SessionStream:
             s.served_at = _monotonic()
             s.served = True   # the server has written the head and the first bytes
             if self._hand_over is not None and not s.ending:
-                self._serve_by_writer(sys._getframe(1))
+                self._serve_by_writer(sys._getframe(2))
         mailbox = s.mailbox
         while True:
             if s.abort:
@@ -86,7 +93,6 @@ class SessionStream:
                 timeout = min(timeout, left)
             if not mailbox.wait(timeout) and not len(mailbox) and not s.ending:
                 if s.deadline is None or _monotonic() < s.deadline:
-                    s.last_next = _monotonic()
                     return HEARTBEAT
 
     def _serve_by_writer(self, caller: object) -> None:

@@ -93,9 +93,9 @@ CLOSE_TIMEOUT = 1.0
 #: (a response nobody holds any more is released at once; see the janitor
 #: for how a busy process stretches this).
 PENDING_TIMEOUT = 5.0
-#: A served stream whose server has not asked for bytes for two heartbeat
-#: intervals plus this many seconds is taken for gone.
-STALL_GRACE = 5.0
+#: A served stream whose server has spent this long writing one piece of it
+#: (outside next()) is taken for stuck on a reader that stopped reading.
+STALL_GRACE = 60.0
 #: The most a busy process stretches those limits by (seconds).
 MAX_ALLOWANCE = 120.0
 JANITOR_INTERVAL = 0.5
@@ -544,8 +544,15 @@ class Broker:
                     if now - s.created > PENDING_TIMEOUT + allowance:
                         s.end(ENDED_NOT_SERVED, abort=True)
                         s.release(ENDED_NOT_SERVED)
+                elif s.socket_closed():
+                    # The server closed the connection without telling the
+                    # body (a middleware that drops close()).
+                    s.end(ENDED_BY_CLIENT, abort=True)
+                    s.release()
                 elif ((s.close_by is not None and now > s.close_by)
-                      or now - s.last_next > 2 * s.heartbeat + STALL_GRACE + allowance):
+                      or (not s.in_next and now - s.last_next > STALL_GRACE + allowance)):
+                    # Past its close deadline, or the server has been writing
+                    # one piece of it for a minute: a reader that stopped.
                     s.end(ENDED_BY_CLIENT, abort=True)
                     s.shutdown_socket()
                     s.release()

@@ -134,7 +134,7 @@ class Session:
     __slots__ = ("client_id", "session_id", "topics", "mailbox", "heartbeat", "deadline",
                  "sock", "lock", "end_reason", "abort", "released", "served",
                  "sock_released", "handed_over", "last_next", "created", "preloaded",
-                 "done", "close_by", "abandoned", "served_at", "_release", "__weakref__")
+                 "done", "close_by", "abandoned", "served_at", "in_next", "_release", "__weakref__")
 
     def __init__(self, client_id: str, session_id: str, topics: frozenset,
                  mailbox: Mailbox, heartbeat: float, deadline: Optional[float],
@@ -154,7 +154,8 @@ class Session:
         self.served_at = 0.0              # stream thread: when served became True
         self.sock_released = False        # under lock: the response is over; never touch sock
         self.handed_over = False          # under the broker's delivery lock: the writer owns sock
-        self.last_next = time.monotonic()  # stream thread: when the server last asked for bytes
+        self.last_next = time.monotonic()  # stream thread: when next() last returned
+        self.in_next = False              # stream thread: inside next() (waiting for events)
         self.created = self.last_next
         self.preloaded: List[bytes] = []  # replay, queued before live events (registration only)
         self.done = threading.Event()     # set once released
@@ -208,6 +209,15 @@ class Session:
             except OSError:
                 return False
         return True
+
+    def socket_closed(self) -> bool:
+        """Whether the server has closed this response's connection (so it
+        will never ask for more of the body)."""
+        sock = self.sock
+        try:
+            return sock is not None and sock.fileno() == -1
+        except (OSError, ValueError):
+            return True
 
     def give_back_socket(self) -> None:
         """Stream thread: the response is over for us (the server writes the
