@@ -41,6 +41,9 @@ class SessionStream:
     session, so a middleware that drops ``close()`` leaks nothing.
     """
 
+    __slots__ = ("session", "_first", "_environ", "_hand_over", "_started", "conn",
+                 "__weakref__")
+
     def __init__(self, session: Session, first_bytes: bytes, environ: dict,
                  hand_over: Optional[HandOver] = None):
         self.session = session
@@ -68,7 +71,7 @@ class SessionStream:
             if s.abort:
                 self._finish()
             replay = b"".join(s.preloaded)
-            s.preloaded = []
+            s.preloaded = ()
             return self._first + replay + s.mailbox.take()
         if not s.served:
             s.served_at = _monotonic()

@@ -145,6 +145,8 @@ class ClientConnection:
     """
 
     refused = False
+    __slots__ = ("_broker", "session", "_stream", "_stream_ref", "id", "session_id",
+                 "topics", "done", "_headers", "_called", "__weakref__")
 
     def __init__(self, broker: "Broker", session: Session, stream: SessionStream,
                  headers: List[Tuple[str, str]]):
@@ -494,7 +496,7 @@ class Broker:
             writer = self._writer
             if writer is None or not writer.alive or writer.pid != os.getpid():
                 writer = self._writer = SocketWriter(CLOSE_TIMEOUT)
-            pending = session.mailbox.take_all()
+            pending = session.mailbox.retire()
             session.handed_over = True
             finished = writer.adopt(session, sock, pending)
         return finished, writer

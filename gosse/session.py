@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional, Tuple
 
 __all__ = ["Session", "Mailbox", "ENDED_BY_CLIENT", "ENDED_BY_APP", "ENDED_BY_BROKER",
            "ENDED_SLOW", "ENDED_BY_AGE", "ENDED_NOT_SERVED"]
@@ -30,6 +30,8 @@ ENDED_BY_BROKER = "broker closed"  # Broker.close()
 ENDED_SLOW = "slow reader"         # the session's queue overflowed (events or bytes)
 ENDED_BY_AGE = "max age"           # max_connection_age reached
 ENDED_NOT_SERVED = "not served"    # no server began sending the response in time
+
+_RETIRED: tuple = ()
 
 #: Most bytes one ``next()`` of the WSGI body (or one hand-over) takes from
 #: a backlog at once, so that draining a lagging session never copies its
@@ -108,9 +110,14 @@ class Mailbox:
         self._bytes_out += sum(map(len, out))
         return out
 
-    def discard(self) -> None:
-        """Consumer: drop what is queued."""
-        self.take_all()
+    def retire(self) -> List[bytes]:
+        """Consumer, at the hand-over to the writer (under the broker's
+        delivery lock): every queued chunk; the mailbox then holds nothing
+        and takes nothing (the writer buffers the session's bytes), and its
+        deque is freed (memory per idle stream)."""
+        out = self.take_all()
+        self._items = _RETIRED   # type: ignore[assignment]
+        return out
 
     def wait(self, timeout: float) -> bool:
         """Consumer: block until something is put or :meth:`signal` is
@@ -157,7 +164,7 @@ class Session:
         self.last_next = time.monotonic()  # stream thread: when next() last returned
         self.in_next = False              # stream thread: inside next() (waiting for events)
         self.created = self.last_next
-        self.preloaded: List[bytes] = []  # replay, queued before live events (registration only)
+        self.preloaded: Tuple[bytes, ...] = ()   # replay, sent before live events
         self.done = threading.Event()     # set once released
         self.close_by: Optional[float] = None   # monotonic deadline of a clean end
         self.abandoned = False            # its ClientConnection was freed (see abandon)
@@ -178,7 +185,7 @@ class Session:
         """Queue a replay before any live event (called while registering,
         under the broker's registry lock); it is sent with the first bytes
         and does not count against the mailbox bound."""
-        self.preloaded.extend(chunks)
+        self.preloaded += tuple(chunks)
 
     def end(self, reason: str, *, abort: bool = False) -> bool:
         """Ask the session to finish: after what is queued, or at once with
