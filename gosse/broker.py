@@ -146,7 +146,7 @@ class ClientConnection:
 
     refused = False
     __slots__ = ("_broker", "session", "_stream", "_stream_ref", "id", "session_id",
-                 "topics", "done", "_headers", "_called", "__weakref__")
+                 "topics", "_headers", "_called", "__weakref__")
 
     def __init__(self, broker: "Broker", session: Session, stream: SessionStream,
                  headers: List[Tuple[str, str]]):
@@ -162,7 +162,6 @@ class ClientConnection:
         self.id = session.client_id
         self.session_id = session.session_id
         self.topics = session.topics
-        self.done = session.done
         self._headers = headers
         self._called = False
 
@@ -197,6 +196,11 @@ class ClientConnection:
         a session of the same client that resumes from before it."""
         return self._broker._send_session(self.session, event)
 
+    @property
+    def done(self) -> threading.Event:
+        """A :class:`threading.Event` set when the session has ended."""
+        return self.session.done
+
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the session ends (or ``timeout`` seconds pass); return
         whether it ended."""
@@ -214,10 +218,10 @@ class ClientConnection:
     def end_reason(self) -> Optional[str]:
         """Why the session ended ("disconnected", "closed", "broker closed",
         "slow reader", "max age", "not served"), or None while it is open."""
-        return self.session.end_reason if self.done.is_set() else None
+        return self.session.end_reason if self.session.finished else None
 
     def __repr__(self) -> str:
-        state = "open" if not self.done.is_set() else f"ended: {self.end_reason}"
+        state = "open" if not self.session.finished else f"ended: {self.end_reason}"
         return f"<ClientConnection {self.id!r} {self.session_id} {state}>"
 
 
@@ -464,7 +468,7 @@ class Broker:
             except Exception:
                 log.exception("backplane failed to record that client %r left",
                               session.client_id)
-        session.done.set()
+        session.mark_done()
         if callback is not None:
             try:
                 callback(session.client_id, session.session_id)

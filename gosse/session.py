@@ -141,7 +141,7 @@ class Session:
     __slots__ = ("client_id", "session_id", "topics", "mailbox", "heartbeat", "deadline",
                  "sock", "lock", "end_reason", "abort", "released", "served",
                  "sock_released", "handed_over", "last_next", "created", "preloaded",
-                 "done", "close_by", "abandoned", "served_at", "in_next", "_release", "__weakref__")
+                 "_done", "finished", "close_by", "abandoned", "served_at", "in_next", "_release", "__weakref__")
 
     def __init__(self, client_id: str, session_id: str, topics: frozenset,
                  mailbox: Mailbox, heartbeat: float, deadline: Optional[float],
@@ -165,7 +165,8 @@ class Session:
         self.in_next = False              # stream thread: inside next() (waiting for events)
         self.created = self.last_next
         self.preloaded: Tuple[bytes, ...] = ()   # replay, sent before live events
-        self.done = threading.Event()     # set once released
+        self._done: Optional[threading.Event] = None   # made on first use, under lock
+        self.finished = False             # under lock: released and done set
         self.close_by: Optional[float] = None   # monotonic deadline of a clean end
         self.abandoned = False            # its ClientConnection was freed (see abandon)
         self._release = release
@@ -173,6 +174,29 @@ class Session:
     @property
     def ending(self) -> bool:
         return self.end_reason is not None
+
+    @property
+    def done(self) -> threading.Event:
+        """A :class:`threading.Event` set once the session is released
+        (made when first asked for: most sessions never are, and an Event
+        costs about 1 KiB per idle stream)."""
+        done = self._done
+        if done is None:
+            with self.lock:
+                done = self._done
+                if done is None:
+                    done = self._done = threading.Event()
+                    if self.finished:
+                        done.set()
+        return done
+
+    def mark_done(self) -> None:
+        """The broker removed the session: set ``done``."""
+        with self.lock:
+            self.finished = True
+            done = self._done
+        if done is not None:
+            done.set()
 
     def abandon(self, _ref: object = None) -> None:
         """Weak-reference callback: nothing holds this session's connection
