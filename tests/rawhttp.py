@@ -15,6 +15,18 @@ def big_event_parser():
     return EventStreamParser(max_line_bytes=1 << 24, max_event_size=None)
 
 
+def read_head_from(sock, limit=65536):
+    """Bytes from ``sock`` up to and including the blank line that ends an
+    HTTP head (or what came before EOF / ``limit``)."""
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < limit:
+        more = sock.recv(4096)
+        if not more:
+            break
+        head += more
+    return head
+
+
 class FramingError(AssertionError):
     """The body is not valid HTTP/1.1 chunked framing (or stopped inside a
     chunk): what a proxy pooling this connection would misread."""

@@ -85,12 +85,18 @@ def gunicorn_server(app_ref, *, workers=1, threads=64, env=None, extra=(),
         wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
+
+
+def stop_process(proc):
+    """SIGTERM, then SIGKILL after 10 s; close its output pipe."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    if proc.stdout is not None:
         proc.stdout.close()
 
 
@@ -256,10 +262,4 @@ def nginx_uwsgi_proxy(upstream_port):
             wait_for_port(port, proc)
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            proc.stdout.close()
+            stop_process(proc)

@@ -11,6 +11,7 @@ from werkzeug.test import EnvironBuilder
 
 from gosse import Broker, ConnectHookError, SSEError
 from broker_app import make_app
+from rawhttp import read_head_from
 from servers import werkzeug_server
 
 SECRET = "s3cr3t-token-value"
@@ -27,12 +28,7 @@ def raw_head(url, path="/sse?client=x", timeout=5.0):
     with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n"
                   "Accept: text/event-stream\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        head = read_head_from(s)
     return head.split(b"\r\n\r\n", 1)[0]
 
 

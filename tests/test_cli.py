@@ -120,7 +120,7 @@ def test_listen_json_count(demo):
     assert len(objects) == 2
     assert all(set(o) == {"event", "data", "id", "retry"} for o in objects)
     assert objects[0]["event"] == "message" and objects[0]["data"] == "first"
-    assert re.fullmatch(r"[0-9a-z]+-1", objects[0]["id"]) and objects[0]["retry"] == 2000
+    assert re.fullmatch(r"[0-9a-z]+-[0-9]+", objects[0]["id"]) and objects[0]["retry"] == 2000
     assert objects[1] == {"event": "news", "data": "ünï ✓\nsecond line", "id": "n-1",
                           "retry": 2000}
 

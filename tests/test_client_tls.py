@@ -17,6 +17,7 @@ import requests
 from gosse import FeedConnectionError
 from gosse.client import connect_with_sse_feed
 from rawserver import RawServer, sse
+from rawhttp import read_head_from
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")]
@@ -88,12 +89,9 @@ class TLSProxy:
         try:
             client.settimeout(10)
             tls = self._context.wrap_socket(client, server_side=True)
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < 65536:
-                more = tls.recv(4096)
-                if not more:
-                    return
-                head += more
+            head = read_head_from(tls)
+            if b"\r\n\r\n" not in head:
+                return
             method, target, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
             assert method == b"CONNECT", method
             host, port = target.decode().rsplit(":", 1)
