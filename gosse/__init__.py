@@ -10,7 +10,7 @@ from .oneshot import EventStream, iter_events, stream
 from .event import Event, JSONEvent
 from .parser import EventStreamParser
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Broker", "ClientConnection", "Refusal",
