@@ -17,7 +17,6 @@ __all__ = [
     "StreamingUnsupportedError",
     "UnknownClientError",
     "BrokerClosedError",
-    "SessionLimitError",
     "ConnectHookError",
     "FeedError",
     "FeedConnectionError",
@@ -65,10 +64,6 @@ class UnknownClientError(SSEError, LookupError):
 
 class BrokerClosedError(SSEError):
     """The broker was closed with :meth:`Broker.close`; it accepts no new streams."""
-
-
-class SessionLimitError(SSEError):
-    """A session cap (broker-wide or per client) would be exceeded."""
 
 
 class ConnectHookError(SSEError, ValueError):
