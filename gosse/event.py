@@ -61,7 +61,7 @@ class Event:
 
     CR and LF are removed from ``event`` and ``id`` (and NUL from ``id``),
     since they cannot be carried on one line; the attributes show the cleaned
-    values.  A decoded event (from :mod:`gosse.parser`) has ``event`` set
+    values.  A decoded event (from :class:`~gosse.EventStreamParser`) has ``event`` set
     (``"message"`` by default), ``id`` the last event id in force (``""`` if
     none) and ``retry`` the reconnection time in force (``None`` if never
     set).  Events compare equal when all four fields are equal.

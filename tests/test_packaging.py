@@ -120,7 +120,8 @@ def test_sdist_is_complete(unpacked_sdist):
                    "MANIFEST.in", "setup.cfg", "pyproject.toml",
                    "tests/conftest.py", "tests/servers.py", "tests/broker_app.py",
                    "tests/data/vectors.json", "examples/llm_stream.py",
-                   "examples/redis_multiworker/app.py",
+                   "examples/redis_multiworker/app.py", "docs/conf.py", "docs/index.rst",
+                   "docs/api.rst", "docs/guides/client.rst", ".ci/docs.sh",
                    "gosse/static/index.html"):
         assert (root / needed).is_file(), f"{needed} is not in the sdist"
     ours = sorted(n for n in os.listdir(os.path.join(ROOT, "tests"))

@@ -38,7 +38,7 @@ How it works
   :meth:`~gosse.ClientConnection.send`), new sessions are accepted (a
   ``Last-Event-ID`` that cannot be resolved gets ``gosse-reset``), and
   ``broadcast``/``send``/``publish``/presence/metadata raise
-  :class:`~gosse.backplane.BackplaneError` (or, with ``fallback="local"``,
+  :class:`~gosse.errors.BackplaneError` (or, with ``fallback="local"``,
   events are delivered to this process's sessions only).  The listener
   retries with jittered exponential backoff; each transition is logged
   once (logger ``gosse.backplane``).  Every Redis call has a timeout.
@@ -212,7 +212,7 @@ class RedisBackplane(Backplane):
     * ``serializer``: an object with ``dumps``/``loads`` for client metadata
       (``json`` by default; ``pickle`` allows any value but trusts whoever
       can write to Redis).
-    * ``fallback``: ``None`` (publishing raises :class:`BackplaneError` while
+    * ``fallback``: ``None`` (publishing raises :class:`~gosse.errors.BackplaneError` while
       Redis is unreachable) or ``"local"`` (deliver to this process's
       sessions only, not resumable, and log it).
     * ``redis_options``: extra keyword arguments for ``redis.Redis.from_url``.
