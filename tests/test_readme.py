@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from werkzeug.serving import make_server
 
 from servers import ROOT, free_port
@@ -21,6 +22,35 @@ def test_readme_doctests_pass():
                               optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 8
     assert result.failed == 0, f"{result.failed} README example(s) failed (output above)"
+
+
+def _docs_with_examples():
+    found = []
+    for folder, _, files in os.walk(os.path.join(ROOT, "docs")):
+        if "_build" in folder:
+            continue
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if name.endswith(".rst"):
+                with open(path, encoding="utf-8") as f:
+                    if ">>>" in f.read():
+                        found.append(os.path.relpath(path, ROOT))
+    return found
+
+
+@pytest.mark.parametrize("page", _docs_with_examples())
+def test_docs_examples_pass(page):
+    """The documentation's examples also run in the suite (``.ci/docs.sh``
+    runs them through Sphinx; this needs no Sphinx)."""
+    result = doctest.testfile(os.path.join(ROOT, page), module_relative=False,
+                              report=True, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0, f"{result.failed} example(s) of {page} failed (output above)"
+
+
+def test_the_docs_have_runnable_examples():
+    pages = _docs_with_examples()
+    assert "docs/getting-started.rst" in pages and "docs/guides/wire.rst" in pages
 
 
 def test_readme_install_extras_exist():
