@@ -1,7 +1,7 @@
 """gosse: Server-Sent Events for synchronous, thread-based Python."""
 from .errors import (BackplaneError, BrokerClosedError, ConnectHookError, EventError,
                      EventStreamError, FeedClosedError,
-                     FeedConnectionError, FeedError, ResponseError, SessionLimitError,
+                     FeedConnectionError, FeedError, ResponseError,
                      SSEError, StreamingUnsupportedError, UnknownClientError,
                      EventDataError, FeedShutDown, InvalidURLError, SubscriptionStalledError)
 from .broker import Broker, ClientConnection, Refusal
@@ -10,14 +10,14 @@ from .oneshot import EventStream, iter_events, stream
 from .event import Event, JSONEvent
 from .parser import EventStreamParser
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Broker", "ClientConnection", "Refusal",
     "connect_with_sse_feed", "SSEFeed", "Subscription",
     "Event", "JSONEvent", "EventStreamParser",
     "SSEError", "EventError", "EventStreamError", "StreamingUnsupportedError",
-    "UnknownClientError", "BrokerClosedError", "SessionLimitError", "ConnectHookError",
+    "UnknownClientError", "BrokerClosedError", "ConnectHookError",
     "FeedError", "FeedConnectionError", "ResponseError", "FeedClosedError",
     "BackplaneError",
     "stream", "iter_events", "EventStream",

@@ -267,7 +267,7 @@ class Broker:
       (``Broker(history=...)`` is not used) and ``auto_id`` ids are the
       stream's.  Delivery is then asynchronous: those methods return the
       number of sessions *of this process* the event is addressed to, and
-      raise :class:`gosse.backplane.BackplaneError` when the backplane is
+      raise :class:`~gosse.errors.BackplaneError` when the backplane is
       unreachable.  ``close()`` closes the backplane too.
     * ``direct_write``: under gunicorn's gthread or sync worker, HTTP/1.1
       and nothing between gunicorn and the stream that could rewrite the

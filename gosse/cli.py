@@ -90,9 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(resuming with Last-Event-ID) when the stream ends or breaks.",
         epilog="Exit status: 0 after --count events, when --timeout ran out without "
                "--count, or when the server answered 204 No Content (the way to tell "
-               "EventSource clients to stop); 124 when --timeout ran out before --count events arrived; 1 on "
-               "a fatal error (cannot connect, a status other than 200, a content type "
-               "other than text/event-stream, also on a reconnect); 130 on Ctrl-C.")
+               "EventSource clients to stop); 124 when --timeout ran out before --count "
+               "events arrived; 1 on a fatal error (the first connection is refused, or "
+               "the server answers, also on a reconnect, with a status other than 200 "
+               "(429, 502, 503 and 504 are retried) or a content type other than "
+               "text/event-stream); 130 on Ctrl-C.  Once the stream has started, a "
+               "refused or broken connection is retried without limit: bound the wait "
+               "with --timeout.")
     listen.add_argument("url", metavar="URL", help="the event stream, e.g. "
                                                    "http://127.0.0.1:8080/sse")
     listen.add_argument("-e", "--event", action="append", default=[], metavar="TYPE",

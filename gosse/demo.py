@@ -28,8 +28,8 @@ import datetime
 import json
 import logging
 import mimetypes
+import pathlib
 import threading
-from importlib import resources
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from werkzeug.exceptions import HTTPException
@@ -68,7 +68,11 @@ class _Request(Request):
 def _load_static() -> Dict[str, Tuple[bytes, str]]:
     """The files of ``gosse/static/``: name -> (content, content type)."""
     files: Dict[str, Tuple[bytes, str]] = {}
-    root = resources.files("gosse").joinpath("static")
+    # Next to this module, not under whatever ``import gosse`` finds: gunicorn
+    # puts its working directory first on sys.path, and in the folder that
+    # holds a checkout named gosse/ that name is a namespace package which
+    # hides an editable install (whose finder comes after the path finder).
+    root = pathlib.Path(__file__).resolve().parent / "static"
     for entry in root.iterdir():
         if entry.is_file() and not entry.name.startswith("."):
             ctype = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"

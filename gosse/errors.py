@@ -17,7 +17,6 @@ __all__ = [
     "StreamingUnsupportedError",
     "UnknownClientError",
     "BrokerClosedError",
-    "SessionLimitError",
     "ConnectHookError",
     "FeedError",
     "FeedConnectionError",
@@ -64,17 +63,13 @@ class UnknownClientError(SSEError, LookupError):
 
 
 class BrokerClosedError(SSEError):
-    """The broker was closed with :meth:`Broker.close`; it accepts no new streams."""
-
-
-class SessionLimitError(SSEError):
-    """A session cap (broker-wide or per client) would be exceeded."""
+    """The broker was closed with :meth:`~gosse.Broker.close`; it accepts no new streams."""
 
 
 class ConnectHookError(SSEError, ValueError):
     """``Broker(on_connect=...)`` returned something that is neither None nor
     a valid refusal ``(status, message)`` / ``(status, message, headers)``;
-    raised by :meth:`Broker.connect` for that request."""
+    raised by :meth:`~gosse.Broker.connect` for that request."""
 
 
 class FeedError(SSEError):

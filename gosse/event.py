@@ -61,7 +61,7 @@ class Event:
 
     CR and LF are removed from ``event`` and ``id`` (and NUL from ``id``),
     since they cannot be carried on one line; the attributes show the cleaned
-    values.  A decoded event (from :mod:`gosse.parser`) has ``event`` set
+    values.  A decoded event (from :class:`~gosse.EventStreamParser`) has ``event`` set
     (``"message"`` by default), ``id`` the last event id in force (``""`` if
     none) and ``retry`` the reconnection time in force (``None`` if never
     set).  Events compare equal when all four fields are equal.
@@ -72,6 +72,10 @@ class Event:
     def __init__(self, data: Optional[str] = "", event: Optional[str] = None,
                  id: Optional[str] = None, retry: Optional[int] = None):
         if data is not None and not isinstance(data, str):
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                raise EventError(
+                    f"data must be a str (or None), not {type(data).__name__}: "
+                    "decode it first, e.g. Event(raw.decode('utf-8'))")
             raise EventError(
                 f"data must be a str (or None), not {type(data).__name__}; "
                 "use JSONEvent for other values")
@@ -187,23 +191,60 @@ def _decoded_event(data: str, event: str, id: str, retry: Optional[int],
 
 
 class JSONEvent(Event):
-    """An event whose data is ``value`` serialised as compact JSON
+    """An event whose data is ``data`` serialised as compact JSON
     (``separators=(",", ":")``, ``ensure_ascii=False``).
 
     ``JSONEvent({"progress": 40}, event="job")`` sends
-    ``data: {"progress":40}``.  The original value is kept as ``.value``.
+    ``data: {"progress":40}``.  The original object is kept as ``.value``
+    (``.data`` is the JSON text).  NaN and infinities are refused: they are
+    not JSON, and a browser's ``JSON.parse`` fails on them.  A copy made by
+    :meth:`replace` or by pickling is again a ``JSONEvent``.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("_value",)
 
-    def __init__(self, value: Any, event: Optional[str] = None,
+    def __init__(self, data: Any, event: Optional[str] = None,
                  id: Optional[str] = None, retry: Optional[int] = None):
         try:
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+        except ValueError as exc:
+            if "Out of range float" in str(exc):
+                raise EventError("JSONEvent data contains NaN or an infinity, which JSON "
+                                 "cannot carry (a browser's JSON.parse refuses them); "
+                                 "send null or a string instead") from exc
+            raise EventError(f"JSONEvent data is not JSON serialisable: {exc}") from exc
+        except TypeError as exc:
             raise EventError(f"JSONEvent data is not JSON serialisable: {exc}") from exc
         super().__init__(text, event=event, id=id, retry=retry)
-        self.value = value
+        self._value = data
+
+    @property
+    def value(self) -> Any:
+        """The object given as ``data``, before serialisation."""
+        return self._value
+
+    def replace(self, **changes: Any) -> "JSONEvent":
+        """A copy with some fields changed; ``data`` is again an object to
+        serialise: ``evt.replace(data={"progress": 50})``."""
+        fields = {"data": self._value, "event": self._event, "id": self._id,
+                  "retry": self._retry}
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"JSONEvent has no field(s) {', '.join(sorted(unknown))}")
+        fields.update(changes)
+        return JSONEvent(**fields)
+
+    def __repr__(self) -> str:
+        fields = [f"data={self._value!r}"]
+        for name in ("event", "id", "retry"):
+            value = getattr(self, "_" + name)
+            if value is not None:
+                fields.append(f"{name}={value!r}")
+        return f"JSONEvent({', '.join(fields)})"
+
+    def __reduce__(self):
+        return (JSONEvent, (self._value, self._event, self._id, self._retry))
 
 
 def encode_comment(text: str = "") -> bytes:

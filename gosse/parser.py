@@ -4,8 +4,9 @@ Feed it bytes as they arrive, in chunks of any size and split anywhere (inside
 a CRLF pair, inside a UTF-8 sequence); it returns the events completed so far::
 
     p = EventStreamParser()
-    p.feed(b"data: a\\r\\n\\r")    # -> []
-    p.feed(b"\\n")                # -> [Event(data='a', event='message', id='')]
+    p.feed(b"data: caf\\xc3")     # -> []  (inside a UTF-8 sequence)
+    p.feed(b"\\xa9\\r")           # -> []  (inside a CRLF pair)
+    p.feed(b"\\n\\n")             # -> [Event(data='café', event='message', id='')]
 
 The per-byte work is done by C-implemented ``bytes``/``str`` methods (rfind,
 decode, replace, split, partition); the Python loop runs once per line.

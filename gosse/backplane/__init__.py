@@ -45,7 +45,7 @@ class Backplane:
       each of which delivers it to its local sessions matching ``target``
       (``("all", None)``, ``("client", id)`` or ``("topic", name)``), all
       brokers in one order.  Raise :class:`~gosse.UnknownClientError` for a
-      ``client`` target present nowhere, :class:`BackplaneError` when it
+      ``client`` target present nowhere, :class:`~gosse.errors.BackplaneError` when it
       cannot publish.  Return the number of sessions of *this* process the
       event is addressed to (delivery elsewhere is asynchronous).
     * ``client_joined(id)`` / ``client_left(id)``: called (outside the broker

@@ -38,7 +38,7 @@ How it works
   :meth:`~gosse.ClientConnection.send`), new sessions are accepted (a
   ``Last-Event-ID`` that cannot be resolved gets ``gosse-reset``), and
   ``broadcast``/``send``/``publish``/presence/metadata raise
-  :class:`~gosse.backplane.BackplaneError` (or, with ``fallback="local"``,
+  :class:`~gosse.errors.BackplaneError` (or, with ``fallback="local"``,
   events are delivered to this process's sessions only).  The listener
   retries with jittered exponential backoff; each transition is logged
   once (logger ``gosse.backplane``).  Every Redis call has a timeout.
@@ -185,6 +185,15 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts)
 
 
+def _publish_what(kind: str, name: Optional[str]) -> str:
+    """What a failed publish was for, in words, for its error message."""
+    if kind == "client":
+        return f"send the event to client {name!r}"
+    if kind == "topic":
+        return f"publish the event to topic {name!r}"
+    return "broadcast the event"
+
+
 class RedisBackplane(Backplane):
     """Share a broker's events, presence, metadata and replay history with
     every other broker on the same Redis (other gunicorn workers, hosts).
@@ -203,7 +212,7 @@ class RedisBackplane(Backplane):
     * ``serializer``: an object with ``dumps``/``loads`` for client metadata
       (``json`` by default; ``pickle`` allows any value but trusts whoever
       can write to Redis).
-    * ``fallback``: ``None`` (publishing raises :class:`BackplaneError` while
+    * ``fallback``: ``None`` (publishing raises :class:`~gosse.errors.BackplaneError` while
       Redis is unreachable) or ``"local"`` (deliver to this process's
       sessions only, not resumable, and log it).
     * ``redis_options``: extra keyword arguments for ``redis.Redis.from_url``.
@@ -624,7 +633,7 @@ class RedisBackplane(Backplane):
                 log.debug("Redis unavailable: %s delivered to local sessions only", kind)
                 wire = event.encode()
                 return broker.deliver_local([(None, kind, name, wire)])
-            raise self._error(f"publish ({kind})", exc) from exc
+            raise self._error(_publish_what(kind, name), exc) from exc
         self._set_up()
         # Delivery (here too) is done by the listeners: report how many
         # sessions of this process the event is addressed to.
