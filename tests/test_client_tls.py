@@ -130,43 +130,43 @@ def no_ca_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_close_through_an_https_proxy_is_prompt_and_leaves_no_reader(tls, no_ca_env):
+@pytest.fixture
+def proxied(tls, no_ca_env):
+    """(context, proxy, session): a requests session that trusts the test CA
+    and goes through an https:// proxy (TLS inside TLS)."""
     context, cert = tls
     proxy = TLSProxy(context)
     session = requests.Session()
     session.verify = cert
     session.proxies = {"https": proxy.url}
     try:
-        with TLSRawServer(sse(b"data: hello\n\n"), context) as server:
-            feed = connect_with_sse_feed(server.url(), session=session)
-            assert feed.subscribe().get(timeout=5).data == "hello"
-            assert proxy.tunnels == 1                  # really through the proxy
-            started = time.monotonic()
-            feed.close()
-            assert time.monotonic() - started < 0.5, "close() waited for the reader"
-            assert not feed._thread.is_alive(), "the reader outlived close()"
-            assert server.wait_idle(3)                 # the tunnel was torn down
+        yield context, proxy, session
     finally:
         proxy.close()
         session.close()
 
 
-def test_read_timeout_through_an_https_proxy(tls, no_ca_env):
-    context, cert = tls
-    proxy = TLSProxy(context)
-    session = requests.Session()
-    session.verify = cert
-    session.proxies = {"https": proxy.url}
+def test_close_through_an_https_proxy_is_prompt_and_leaves_no_reader(proxied):
+    context, proxy, session = proxied
+    with TLSRawServer(sse(b"data: hello\n\n"), context) as server:
+        feed = connect_with_sse_feed(server.url(), session=session)
+        assert feed.subscribe().get(timeout=5).data == "hello"
+        assert proxy.tunnels == 1                  # really through the proxy
+        started = time.monotonic()
+        feed.close()
+        assert time.monotonic() - started < 0.5, "close() waited for the reader"
+        assert not feed._thread.is_alive(), "the reader outlived close()"
+        assert server.wait_idle(3)                 # the tunnel was torn down
+
+
+def test_read_timeout_through_an_https_proxy(proxied):
+    context, proxy, session = proxied
     silent = sse(b"data: once\n\n")            # then nothing, no heartbeat
-    try:
-        with TLSRawServer(silent, context) as server:
-            with connect_with_sse_feed(server.url(), session=session, read_timeout=0.5,
-                                       retry=10) as feed:
-                sub = feed.subscribe()
-                assert [sub.get(timeout=5).data for _ in range(2)] == ["once", "once"]
-    finally:
-        proxy.close()
-        session.close()
+    with TLSRawServer(silent, context) as server:
+        with connect_with_sse_feed(server.url(), session=session, read_timeout=0.5,
+                                   retry=10) as feed:
+            sub = feed.subscribe()
+            assert [sub.get(timeout=5).data for _ in range(2)] == ["once", "once"]
 
 
 @pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])

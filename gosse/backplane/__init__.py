@@ -64,6 +64,14 @@ class Backplane:
     * ``stats()``: extra integer counters merged into ``Broker.stats()``.
     * ``close()``: stop its threads and release presence; called by
       ``Broker.close()``.
+
+    What a backplane may ask of its broker (``self.broker``):
+    :meth:`~gosse.Broker.deliver_local` hands received events to the local
+    sessions, in order, atomically with registrations;
+    :meth:`~gosse.Broker.has_local_client`,
+    :meth:`~gosse.Broker.local_clients` and :meth:`~gosse.Broker.local_count`
+    answer for this process; :func:`gosse.registry.entitled` is the rule for
+    which session receives which target, for replay.
     """
 
     #: Whether events, presence and history leave this process.
