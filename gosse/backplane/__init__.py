@@ -70,7 +70,7 @@ class Backplane:
     sessions, in order, atomically with registrations;
     :meth:`~gosse.Broker.has_local_client`,
     :meth:`~gosse.Broker.local_clients` and :meth:`~gosse.Broker.local_count`
-    answer for this process; :func:`gosse.registry.entitled` is the rule for
+    answer for this process; ``gosse.registry.entitled()`` is the rule for
     which session receives which target, for replay.
     """
 
