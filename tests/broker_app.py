@@ -30,6 +30,12 @@ def make_app(broker):
             n = 0
             for i in range(count):
                 n += broker.broadcast(Event(f"{i:08d}".ljust(size, "x"), id=str(i)))
+        elif path == "/socket-calls-under-lock":   # a burst, watched
+            count = int(form["n"])
+            calls = socket_calls_under_lock(
+                broker, lambda: [broker.broadcast(Event(f"{i:08d}", id=str(i)))
+                                 for i in range(count)])
+            return Response(json.dumps(calls), mimetype="application/json")
         elif path.startswith("/close/"):
             sessions = broker.sessions(path[len("/close/"):])
             for conn in sessions:
@@ -49,6 +55,29 @@ def make_app(broker):
         return _control(environ, start_response)
 
     return app
+
+
+def socket_calls_under_lock(broker, work):
+    """Run ``work()`` in this thread with a profile hook that records every
+    call of a socket method made while the broker's registry lock is held
+    (a C call shows in ``sys.setprofile`` as "c_call"): what issue 12 calls
+    syscalls under the lock.  Returns the names of those calls."""
+    import socket
+    import sys
+    calls = []
+    lock = broker._lock
+
+    def hook(frame, event, arg):
+        if (event == "c_call" and isinstance(getattr(arg, "__self__", None), socket.socket)
+                and lock.locked()):
+            calls.append(arg.__name__)
+
+    sys.setprofile(hook)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return calls
 
 
 def process_stats():

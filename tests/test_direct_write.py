@@ -70,6 +70,23 @@ def test_streams_write_directly_in_order(server):
             s.close()
 
 
+def test_no_socket_call_while_the_registry_lock_is_held(server):
+    """Issue 12, defect 12: a broadcast to direct streams made its N sends
+    while holding the one broker lock, so every connect(), stats() and other
+    broadcast waited for them.  Watched with a profile hook in the
+    broadcasting thread: not one socket call under the lock."""
+    streams = [RawStream(server, f"/sse?client=locked{i}") for i in range(20)]
+    try:
+        assert wait_until(lambda: stats(server)["sessions_direct"] >= 20, timeout=10)
+        r = requests.post(f"{server}/socket-calls-under-lock", data={"n": 50}, timeout=30)
+        assert r.json() == []
+        for s in streams:
+            expect_ids(s.read_events(50), 50)
+    finally:
+        for s in streams:
+            s.close()
+
+
 def test_partial_sends_keep_framing_and_order(server):
     """A reader that reads nothing while 12 MB are broadcast (more than the
     kernel's socket buffers hold, 4 MiB + 8 KiB here): non-blocking sends
