@@ -52,6 +52,9 @@ _JOIN_LIMIT = 256 * 1024   # bytes of consecutive events joined into one send
 _EVENT, _ADOPT, _FINISH, _STOP = range(4)
 # Timer kinds.
 _T_HEARTBEAT, _T_AGE, _T_DEADLINE = range(3)
+#: Seconds (at least; two heartbeat intervals if longer) that a reader may
+#: accept no byte while bytes wait for it before it counts as a slow reader.
+STALLED_AFTER = 30.0
 # An idle session's out-buffer: no deque until a send is partial.
 _EMPTY: Deque[Any] = deque(maxlen=0)
 
@@ -498,6 +501,10 @@ class SocketWriter:
                 if quiet >= interval:
                     if not out.buf:
                         self._send(out, frame_chunk(HEARTBEAT))
+                    elif quiet >= max(2 * interval, STALLED_AFTER):
+                        # Bytes wait and the reader took none for two
+                        # heartbeat intervals (30 s at least): it stopped.
+                        self._cut(out, ENDED_SLOW)
                     if out.gone:
                         continue
                     self._timer(now + interval, _T_HEARTBEAT, out)

@@ -309,6 +309,28 @@ def test_head_request_gets_headers_and_holds_nothing(server):
     assert requests.post(f"{server}/send/head", data={"data": "x"}, timeout=5).status_code == 404
 
 
+def test_writer_cuts_a_reader_that_takes_nothing_for_two_heartbeats(monkeypatch):
+    """Bytes wait in the writer and the reader accepts none: after two
+    heartbeat intervals (30 s at least; shortened here) the session ends as a
+    slow reader, without a new event to find it out."""
+    import gosse.writer
+    from gosse.writer import SocketWriter, frame_chunk
+    monkeypatch.setattr(gosse.writer, "STALLED_AFTER", 0.3)
+
+    server, client = socket.socketpair()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer = SocketWriter()
+    session, _ = _writer_session(server, heartbeat=0.2)
+    finished = writer.adopt(session, server, [])
+    writer.deliver(frame_chunk(b"data: " + b"x" * (1 << 20) + b"\n\n"), (session,))
+    assert finished.acquire(timeout=5)
+    assert session.abort and session.end_reason == "slow reader"
+    writer.stop()
+    writer.join(5)
+    server.close()
+    client.close()
+
+
 def test_handoff_only_for_an_exact_allow_list():
     """handoff_socket says yes only for gunicorn's own loop (or Werkzeug's
     pass-through iterators) framing HTTP/1.1 chunks on a plain socket."""
