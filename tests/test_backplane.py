@@ -295,6 +295,28 @@ def test_replay_id_unknown_to_the_process_is_found_in_the_stream(brokers):
         assert (e.event, e.data) == (RESET_EVENT, "")
 
 
+@pytest.mark.parametrize("crafted", ["99999999999999999999-0", "1-99999999999999999999",
+                                     "18446744073709551616-0"])
+def test_a_crafted_last_event_id_never_marks_the_backplane_down(brokers, crafted):
+    """Issue 15, defect 7: an id shaped like a stream id but out of Redis's
+    range made XRANGE fail, which marked the backplane down (half of the
+    legitimate resumes then got gosse-reset).  It is refused before Redis."""
+    a, ua = brokers(auto_id=True)
+    r = sse(ua, "h")
+    assert wait_until(local(a, "h"))
+    a.broadcast(Event("one"))
+    a.broadcast(Event("two"))
+    first = r.wait_events(2)[0]
+    r.close()
+    for _ in range(3):
+        with sse(ua, "h", last_id=crafted) as bad:
+            [e] = bad.wait_events(1)
+            assert e.event == RESET_EVENT
+    assert a.backplane.available and a.stats()["backplane_up"] == 1
+    with sse(ua, "h", last_id=first.id) as good:
+        assert [e.data for e in good.wait_events(1)] == ["two"]
+
+
 def test_reconnects_between_brokers_during_a_publish_storm(brokers):
     """Resume exactly (no duplicate, no gap) whichever broker a client lands
     on, while events keep coming from both, including when the client has

@@ -155,6 +155,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_U64 = 1 << 64
+
+
+def _stream_id(text: str) -> Optional[bytes]:
+    """``text`` as a Redis stream id if it is one Redis accepts (two
+    integers below 2**64), else None: a client's ``Last-Event-ID`` must not
+    reach Redis as an id it refuses (an error there marked the backplane
+    down)."""
+    if not _SID.fullmatch(text):
+        return None
+    ms, _, n = text.partition("-")
+    if int(ms) >= _U64 or int(n) >= _U64:
+        return None
+    return text.encode("ascii")
+
+
 def _seq(sid: bytes) -> Tuple[int, int]:
     ms, _, n = sid.partition(b"-")
     return int(ms), int(n or 0)
@@ -718,7 +734,7 @@ class RedisBackplane(Backplane):
         sid = self._uids.get(uid)
         if sid is not None:
             return sid
-        if _SID.fullmatch(last_id):   # an auto id: the stream id itself
+        if _stream_id(last_id) is not None:   # an auto id: the stream id itself
             got = self._r.xrange(self._stream, uid, uid, count=1)
             if got and b"u" not in got[0][1]:
                 return uid
