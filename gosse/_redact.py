@@ -57,16 +57,24 @@ class Redactor:
         self.secrets = sorted({s for s in self.secrets + more if s}, key=len, reverse=True)
         self._pattern = (re.compile("|".join(re.escape(s) for s in self.secrets))
                          if self.secrets else None)
-        self.safe_url = self(self._strip_userinfo(parts))
+        self.safe_url = self._masked(parts)
 
     @staticmethod
-    def _strip_userinfo(parts) -> str:  # type: ignore[no-untyped-def]
+    def _masked(parts) -> str:  # type: ignore[no-untyped-def]
+        """The URL with its password and secret query values masked, built
+        piece by piece (a text substitution would also mask a short secret
+        where it happens to occur elsewhere in the URL)."""
         netloc = parts.netloc
         if "@" in netloc:
             userinfo, host = netloc.rsplit("@", 1)
             user = userinfo.split(":", 1)[0]
             netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{user}@{host}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        pieces = []
+        for piece in parts.query.split("&") if parts.query else ():
+            name, eq, value = piece.partition("=")
+            pieces.append(f"{name}={MASK}" if value and _is_secret(name.replace("+", " "))
+                          else piece)
+        return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pieces), parts.fragment))
 
     def __call__(self, text: object) -> str:
         """``text`` as a str with every secret replaced by ``***``."""

@@ -513,6 +513,20 @@ def test_local_fallback_while_redis_is_down(own_redis_server, brokers):
     r.close()
 
 
+def test_a_redis_password_never_reaches_logs_errors_or_repr(brokers, caplog):
+    """Issue 15, defect 12: ``redis://:pw@`` was masked, ``?password=`` was
+    not (in the BackplaneError, the warning log line and repr)."""
+    port = free_port()    # nothing listens there: every call fails
+    url = f"redis://user:pw-in-userinfo@127.0.0.1:{port}/0?password=pw-in-query&db=0"
+    a, _ = brokers(url=url, backplane_kw={"connect_timeout": 0.5})
+    with caplog.at_level("DEBUG"):
+        with pytest.raises(BackplaneError) as info:
+            a.broadcast(Event("x"))
+    seen = [str(info.value), repr(a.backplane), caplog.text]
+    assert all("pw-in-" not in text for text in seen), seen
+    assert "password=***" in str(info.value) and "user:***@" in repr(a.backplane)
+
+
 def test_redis_unreachable_from_the_start(brokers):
     port = free_port()    # nothing listens there
     a, ua = brokers(url=f"redis://127.0.0.1:{port}/0", backplane_kw={"connect_timeout": 0.5})

@@ -57,7 +57,6 @@ import uuid
 import weakref
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit, urlunsplit
 
 try:
     import redis
@@ -68,6 +67,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gosse.backplane.redis needs the redis package: "
                       "pip install 'gosse[redis]'") from exc
 
+from .._redact import Redactor, redact_url
 from ..errors import BrokerClosedError, UnknownClientError
 from ..event import Event
 from . import Backplane, BackplaneError, _entries_for
@@ -193,12 +193,8 @@ def _before(sid: bytes) -> Optional[bytes]:
 
 
 def _safe_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        parts = parts._replace(netloc=f"{user}:***@{netloc}")
-    return urlunsplit(parts)
+    """``url`` with its password (``redis://:pw@``, ``?password=``) masked."""
+    return redact_url(url)
 
 
 def _publish_what(kind: str, name: Optional[str]) -> str:
@@ -406,7 +402,7 @@ class RedisBackplane(Backplane):
         if not self._closed:
             log.warning("Redis backplane %s unavailable (%s: %s); open streams keep "
                         "running, publishing fails until it returns",
-                        _safe_url(self.url), type(exc).__name__, exc)
+                        _safe_url(self.url), type(exc).__name__, Redactor(self.url)(exc))
 
     def _set_up(self) -> None:
         if self._up:
@@ -657,7 +653,8 @@ class RedisBackplane(Backplane):
 
     def _error(self, what: str, exc: BaseException) -> BackplaneError:
         return BackplaneError(f"Redis backplane {_safe_url(self.url)} unavailable, "
-                              f"could not {what}: {type(exc).__name__}: {exc}")
+                              f"could not {what}: {type(exc).__name__}: "
+                              f"{Redactor(self.url)(exc)}")
 
     # -- replay -------------------------------------------------------------------------
 
