@@ -296,7 +296,7 @@ def test_published_events_appear_in_the_page(browser, demo):
     rows = {row["data"]: row for row in state["rows"]}
     # Shown as text, exactly as published: no markup was interpreted.
     assert hostile in rows, state
-    assert rows[hostile]["type"] == "message" and rows[hostile]["id"].isdigit()
+    assert rows[hostile]["type"] == "message" and re.fullmatch(r"[0-9a-z]+-[0-9]+", rows[hostile]["id"])
     assert rows[hostile]["elements"] == 0
     assert state["images"] == 0 and not state["pwned"]
     news = rows[f"{token} news\nsecond line"]
