@@ -480,8 +480,13 @@ class Broker:
         """Ask ``session`` to finish, and make sure it does within about
         ``timeout`` seconds (the janitor cuts a stream that is stuck)."""
         session.end(reason)
-        if session.handed_over:
+        # Read under the delivery lock: a hand-over checks ``ending`` and sets
+        # ``handed_over`` under it, so either it saw this end (and kept the
+        # stream on the iterable) or the writer is told here.
+        with self._deliver_lock:
+            handed = session.handed_over
             writer = self._writer
+        if handed:
             if writer is not None:
                 writer.finish(session, timeout)
         elif not session.served:

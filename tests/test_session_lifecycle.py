@@ -277,3 +277,38 @@ def test_close_of_a_stream_whose_server_thread_is_stuck_ends_in_bounded_time():
     assert time.monotonic() - start < 3
     assert conn.end_reason == "closed" and calls == [conn.session_id]
     broker.close()
+
+
+def test_an_end_during_the_hand_over_reaches_the_writer():
+    """An end (conn.close(), SIGTERM's broker.close()) that lands while the
+    stream hands its socket to the writer must not be lost: the writer must
+    finish the session.  Forced: the end runs, from another thread, inside
+    the hand-over, after its check and before it records the hand-over."""
+    import socket as socketlib
+    from gosse.session import Mailbox
+
+    broker = Broker()
+    conn, body = open_stream(broker, "h")
+    next(body)
+    session = conn.session
+    session.served = True
+    server, client = socketlib.socketpair()
+    ended = threading.Event()
+
+    class EndDuringHandOver(Mailbox):
+        def retire(self):
+            threading.Thread(target=lambda: (broker._end_session(session, "closed", 1.0),
+                                             ended.set())).start()
+            ended.wait(0.5)     # done at once without the fix; blocked with it
+            return super().retire()
+
+    mailbox = EndDuringHandOver(10, 1 << 20)
+    session.mailbox = mailbox
+    handed = broker._hand_over(session, server)
+    assert handed is not None
+    finished, _ = handed
+    assert finished.acquire(timeout=5), "the writer was never told the session ended"
+    assert ended.wait(5) and session.end_reason == "closed"
+    broker.close()
+    server.close()
+    client.close()
