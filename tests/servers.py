@@ -68,14 +68,15 @@ def wait_for_port(port, proc=None, timeout=20.0):
 
 @contextmanager
 def gunicorn_server(app_ref, *, workers=1, threads=64, env=None, extra=(),
-                    worker_class="gthread"):
+                    worker_class="gthread", python=None):
     """Run ``gunicorn -k WORKER_CLASS`` (gthread by default) on ``app_ref``
-    (module:attr, importable from tests/); yield (base_url, process)."""
+    (module:attr, importable from tests/) with ``python`` (this
+    interpreter by default); yield (base_url, process)."""
     if shutil.which("gunicorn") is None and not _has_module("gunicorn"):
         raise RuntimeError("gunicorn is not installed (pip install -e '.[test]')")
     port = free_port()
     threading_args = ["--threads", str(threads)] if worker_class == "gthread" else []
-    cmd = [sys.executable, "-m", "gunicorn", "-k", worker_class, *threading_args,
+    cmd = [python or sys.executable, "-m", "gunicorn", "-k", worker_class, *threading_args,
            "-w", str(workers), "-b", f"127.0.0.1:{port}", "--chdir", HERE,
            "--graceful-timeout", "3", "--timeout", "60", "--log-level", "warning",
            *extra, app_ref]
@@ -314,7 +315,7 @@ def server_process(cmd, port, *, env=None, cwd=HERE, timeout=20.0):
         proc.stdout.close()
 
 
-def uwsgi_command(app_ref, port, mode="http", *, threads=16, extra=()):
+def uwsgi_command(app_ref, port, mode="http", *, threads=16, die_on_term=True, extra=()):
     """uWSGI (the ``pyuwsgi`` wheel's ``uwsgi``) with the flags streams need:
     a master, ``--enable-threads --threads N`` (one stream per thread),
     ``--die-on-term`` (SIGTERM stops it; without it SIGTERM reloads).
@@ -325,7 +326,7 @@ def uwsgi_command(app_ref, port, mode="http", *, threads=16, extra=()):
     module, _, attr = app_ref.partition(":")
     return [binary, f"--{mode}", f"127.0.0.1:{port}", "--module", f"{module}:{attr or 'app'}",
             "--chdir", HERE, "--master", "--processes", "1", "--enable-threads",
-            "--threads", str(threads), "--die-on-term", "--need-app",
+            "--threads", str(threads), *(["--die-on-term"] if die_on_term else []), "--need-app",
             "--disable-logging", *extra]
 
 

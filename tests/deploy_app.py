@@ -1,0 +1,109 @@
+"""The app of the deployment matrix (tests/test_deploy_*.py): the routes of
+tests/defects_app.py (``/sse``, ``/burst``, ``/close/<client>``,
+``/stats``, ``/whoami``...) served by every server, plus:
+
+* ``GET /proc``: this process's pid, thread count and open fds, and the
+  ``SERVER_PROTOCOL`` of the last stream request (what a proxy spoke).
+* ``GET /sse?client=ID&preload=N&size=S&hb=H``: a stream with N events
+  (``payload("p", i, S)``, ids ``p-i``) queued before the response starts
+  (for gunicorn's sync worker, whose one thread the stream holds: no other
+  request can publish to it), heartbeat every H seconds.
+
+``app`` is the plain WSGI app; ``django_app`` serves ``/sse`` through
+Django (``gosse.contrib.django.sse_response``) and the rest as ``app``;
+``DJANGO_SETTINGS_MODULE=deploy_app`` makes this module Django's settings
+(for ``runserver``).  ``GOSSE_T_RECIPE=signal`` installs
+:func:`gosse.contrib.signals.close_on_sigterm` (the README's recipe for
+servers without gunicorn's hooks).
+"""
+import json
+import os
+import threading
+
+from werkzeug.wrappers import Request, Response
+
+from defects_app import app as defects_app
+from defects_app import broker, make_event, record
+
+last_protocol = [None]   # written by request threads; a test reads it once the stream is open
+
+
+def preloaded_stream(environ, start_response):
+    args = Request(environ).args
+    hb = args.get("hb")
+    conn = broker.connect(args.get("client", "anon"), environ,
+                          heartbeat_interval=float(hb) if hb else None)
+    record.add(conn, environ)
+    size = int(args.get("size", 0))
+    for i in range(int(args.get("preload", 0))):
+        conn.send(make_event("p", i, size))
+    return conn(environ, start_response)
+
+
+def proc_stats(environ, start_response):
+    body = json.dumps({"pid": os.getpid(), "threads": threading.active_count(),
+                       "fds": len(os.listdir("/proc/self/fd")),
+                       "protocol": last_protocol[0], **broker.stats()})
+    return Response(body, mimetype="application/json")(environ, start_response)
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/sse":
+        last_protocol[0] = environ.get("SERVER_PROTOCOL")
+        query = environ.get("QUERY_STRING", "")
+        if "preload=" in query or "hb=" in query:
+            return preloaded_stream(environ, start_response)
+    if path == "/proc":
+        return proc_stats(environ, start_response)
+    return defects_app(environ, start_response)
+
+
+if os.environ.get("GOSSE_T_RECIPE") == "signal":
+    from gosse.contrib.signals import close_on_sigterm
+    close_on_sigterm()
+
+
+# -- Django ------------------------------------------------------------------------
+
+SECRET_KEY = "test"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = __name__
+MIDDLEWARE = ["django.middleware.gzip.GZipMiddleware",
+              "django.middleware.common.CommonMiddleware"]
+INSTALLED_APPS = []
+DATABASES = {}
+USE_TZ = True
+WSGI_APPLICATION = f"{__name__}.django_app"
+
+
+def _django_events(request):
+    from gosse.contrib.django import sse_response
+    last_protocol[0] = request.environ.get("SERVER_PROTOCOL")
+    return sse_response(broker, request, client_id=request.GET.get("client", "anon"))
+
+
+def _urls():
+    from django.urls import path
+    return [path("sse", _django_events)]
+
+
+def __getattr__(name):   # urlpatterns only once Django asks (settings first)
+    if name == "urlpatterns":
+        return _urls()
+    raise AttributeError(name)
+
+
+_django = []
+
+
+def django_app(environ, start_response):
+    """``/sse`` through Django, everything else through ``app``."""
+    if environ["PATH_INFO"] != "/sse":
+        return app(environ, start_response)
+    if not _django:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", __name__)
+        from django.core.wsgi import get_wsgi_application
+        _django.append(get_wsgi_application())
+    return _django[0](environ, start_response)
