@@ -2,7 +2,8 @@
 tests/defects_app.py (``/sse``, ``/burst``, ``/close/<client>``,
 ``/stats``, ``/whoami``...) served by every server, plus:
 
-* ``GET /proc``: this process's pid, thread count and open fds, and the
+* ``GET /proc``: this process's pid, thread count (``threads``, without
+  gunicorn gthread's pool: ``pool_threads``) and open fds, and the
   ``SERVER_PROTOCOL`` of the last stream request (what a proxy spoke).
 * ``GET /sse?client=ID&preload=N&size=S&hb=H``: a stream with N events
   (``payload("p", i, S)``, ids ``p-i``) queued before the response starts
@@ -25,6 +26,9 @@ from werkzeug.wrappers import Request, Response
 from defects_app import app as defects_app
 from defects_app import broker, make_event, record
 
+# gunicorn gthread's request threads: a pool that grows up to --threads and
+# stays (not a leak); every other thread counts.
+POOL_THREADS = "ThreadPoolExecutor-"
 last_protocol = [None]   # written by request threads; a test reads it once the stream is open
 
 
@@ -41,7 +45,9 @@ def preloaded_stream(environ, start_response):
 
 
 def proc_stats(environ, start_response):
-    body = json.dumps({"pid": os.getpid(), "threads": threading.active_count(),
+    threads = threading.enumerate()
+    pool = sum(1 for t in threads if t.name.startswith(POOL_THREADS))
+    body = json.dumps({"pid": os.getpid(), "threads": len(threads) - pool, "pool_threads": pool,
                        "fds": len(os.listdir("/proc/self/fd")),
                        "protocol": last_protocol[0], **broker.stats()})
     return Response(body, mimetype="application/json")(environ, start_response)
