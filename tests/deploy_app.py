@@ -4,7 +4,8 @@ tests/defects_app.py (``/sse``, ``/burst``, ``/close/<client>``,
 
 * ``GET /proc``: this process's pid, thread count (``threads``, without
   gunicorn gthread's pool: ``pool_threads``) and open fds, and the
-  ``SERVER_PROTOCOL`` of the last stream request (what a proxy spoke).
+  ``SERVER_PROTOCOL`` and ``REMOTE_PORT`` of the last stream request (what
+  a proxy spoke, on which upstream connection).
 * ``GET /sse?client=ID&preload=N&size=S&hb=H``: a stream with N events
   (``payload("p", i, S)``, ids ``p-i``) queued before the response starts
   (for gunicorn's sync worker, whose one thread the stream holds: no other
@@ -29,7 +30,13 @@ from defects_app import broker, make_event, record
 # gunicorn gthread's request threads: a pool that grows up to --threads and
 # stays (not a leak); every other thread counts.
 POOL_THREADS = "ThreadPoolExecutor-"
-last_protocol = [None]   # written by request threads; a test reads it once the stream is open
+# The SERVER_PROTOCOL and REMOTE_PORT of the last stream request: written by
+# request threads, read by a test once the stream is open.
+last_stream = {"protocol": None, "port": None}
+
+
+def note_stream(environ):
+    last_stream.update(protocol=environ.get("SERVER_PROTOCOL"), port=environ.get("REMOTE_PORT"))
 
 
 def preloaded_stream(environ, start_response):
@@ -49,14 +56,15 @@ def proc_stats(environ, start_response):
     pool = sum(1 for t in threads if t.name.startswith(POOL_THREADS))
     body = json.dumps({"pid": os.getpid(), "threads": len(threads) - pool, "pool_threads": pool,
                        "fds": len(os.listdir("/proc/self/fd")),
-                       "protocol": last_protocol[0], **broker.stats()})
+                       "protocol": last_stream["protocol"], "stream_port": last_stream["port"],
+                       **broker.stats()})
     return Response(body, mimetype="application/json")(environ, start_response)
 
 
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     if path == "/sse":
-        last_protocol[0] = environ.get("SERVER_PROTOCOL")
+        note_stream(environ)
         query = environ.get("QUERY_STRING", "")
         if "preload=" in query or "hb=" in query:
             return preloaded_stream(environ, start_response)
@@ -86,7 +94,7 @@ WSGI_APPLICATION = f"{__name__}.django_app"
 
 def _django_events(request):
     from gosse.contrib.django import sse_response
-    last_protocol[0] = request.environ.get("SERVER_PROTOCOL")
+    note_stream(request.environ)
     return sse_response(broker, request, client_id=request.GET.get("client", "anon"))
 
 
