@@ -11,16 +11,21 @@
 # under CI (env CI set).
 #
 #   bash .ci/matrix.sh [extra pytest arguments]
+#
+# SKIP_INSTALL=1 skips the apt and pip installs (a developer's machine that
+# has them; pip install -e would repoint the editable install here).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 python="${PYTHON:-python3}"
 
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq nginx >/dev/null
+if [ "${SKIP_INSTALL:-0}" != 1 ]; then
+  if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq nginx >/dev/null
+  fi
+  "$python" -m pip install -q -e ".[test]" || exit 1
 fi
-"$python" -m pip install -q -e ".[test]" || exit 1
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/gosse-matrix.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -32,7 +37,7 @@ else
   echo "matrix: no venv with gunicorn 22 + eventlet could be made: eventlet rows skipped" >&2
 fi
 
-"$python" -m pytest -m matrix tests/test_deploy_matrix.py "$@"
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$python" -m pytest -m matrix tests/test_deploy_matrix.py "$@"
 rc=$?
 [ $rc -eq 5 ] && rc=0   # no test selected (pytest's 5) is not a failure of the matrix
 exit $rc

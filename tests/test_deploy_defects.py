@@ -255,3 +255,42 @@ def test_without_the_recipe_sigterm_cuts_the_stream(name):
             sigterm(running)
             with pytest.raises((FramingError, OSError, EOFError)):
                 s.read_to_end()
+
+
+# -- the recipes in examples/ ------------------------------------------------------------
+
+def test_waitress_example_streams_and_stops_cleanly():
+    """examples/waitress_app.py: a stream, an event, SIGTERM: the last chunk."""
+    import os
+    import sys
+    from servers import ROOT
+    require_waitress()
+    port = free_port()
+    with server_process([sys.executable, os.path.join(ROOT, "examples", "waitress_app.py")],
+                        port, env={"PORT": str(port), "STREAMS": "4"}) as (url, proc):
+        with RawStream(url, "/sse", timeout=5) as s:
+            assert s._read_chunk(65536) == b":ok\n\n"
+            assert requests.post(f"{url}/say", data="héllo", timeout=5).text == "1"
+            s.read_events(1)
+            assert s.events[0].data == "héllo"
+            proc.send_signal(signal.SIGTERM)
+            s.read_to_end()
+        assert proc.wait(10) == 0
+
+
+def test_uwsgi_example_ini_serves_streams():
+    """examples/uwsgi.ini, on a free port."""
+    import os
+    from servers import ROOT
+    require_uwsgi()
+    port = free_port()
+    binary = uwsgi_command("x:app", port)[0]
+    ini = os.path.join(ROOT, "examples", "uwsgi.ini")
+    with server_process([binary, "--ini", ini, "--http-socket", f"127.0.0.1:{port}",
+                         "--disable-logging"], port, env={"BROADCAST_EVERY": "0.1"}) as (
+            url, proc):
+        with RawStream(url, "/sse", timeout=5) as s:
+            s.read_events(2)
+            assert s.events[0].event == "foo_update"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
