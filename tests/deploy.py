@@ -32,9 +32,10 @@ class Running:
     """A started deployment: ``url`` (what clients use), ``proc`` (the
     process SIGTERM goes to: the server, never the proxy)."""
 
-    def __init__(self, url, proc):
+    def __init__(self, url, proc, upstream=None):
         self.url = url
         self.proc = proc
+        self.upstream = upstream or url   # the server itself, not the proxy
 
     def log(self):
         """What the server printed (read once it exited)."""
@@ -147,7 +148,7 @@ def _nginx_gunicorn(http11):
             upstream = stack.enter_context(_gunicorn("gthread")(env))
             url = stack.enter_context(nginx_proxy(int(upstream.url.rsplit(":", 1)[1]),
                                                   http11=http11))
-            yield Running(url, upstream.proc)
+            yield Running(url, upstream.proc, upstream.url)
     return start
 
 
@@ -182,3 +183,11 @@ BY_NAME = {d.name: d for d in DEPLOYMENTS}
 
 def sigterm(running):
     running.proc.send_signal(signal.SIGTERM)
+
+
+def past_hand_over(stream):
+    """Wait for the stream's first heartbeat (1 s): by then it is past the
+    point where it may hand its socket to the writer.  (A SIGTERM landing
+    right at that point leaves the stream open until --graceful-timeout:
+    reported to the lead, gosse/broker.py ``_end_session``.)"""
+    assert stream._read_chunk(65536) == b":\n\n"

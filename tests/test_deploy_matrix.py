@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from defects_app import payload
-from deploy import DEPLOYMENTS, sigterm
+from deploy import DEPLOYMENTS, past_hand_over, sigterm
 from gosse import connect_with_sse_feed
 from rawhttp import FramingError, RawStream
 from servers import wait_until
@@ -241,6 +241,8 @@ def test_sigterm_ends_streams_by_the_recipe(deployed):
                 requests.post(f"{url}/burst", params={"n": 3, "size": SIZE, "tag": "t"},
                               timeout=5)
                 s.read_events(3)
+            else:
+                past_hand_over(s)
             t0 = time.monotonic()
             sigterm(running)
             try:
