@@ -298,3 +298,51 @@ def test_uwsgi_example_ini_serves_streams():
             assert s.events[0].event == "foo_update"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+# -- the "Known limits" column of the README's table --------------------------------------
+
+def test_gevent_exit_waits_for_a_client_that_keeps_its_connection():
+    """gevent: after the streams ended cleanly, a client that keeps the
+    keep-alive connection open holds the worker's exit (up to --keep-alive,
+    30 s here); once it leaves, gunicorn exits at once."""
+    with BY_NAME["gunicorn-gevent"].start() as running:
+        with RawStream(running.url, "/sse?client=k", timeout=10) as s:
+            assert s._read_chunk(65536) == b":ok\n\n"
+            past_hand_over(s)
+            sigterm(running)
+            s.read_to_end()
+            with pytest.raises(Exception):
+                running.proc.wait(2)      # still running: the connection is open
+        t0 = time.monotonic()
+        assert running.proc.wait(10) == 0
+        assert time.monotonic() - t0 < 3
+
+
+def test_sync_worker_answers_nothing_else_while_it_streams():
+    with BY_NAME["gunicorn-sync"].start() as running:
+        with RawStream(running.url, "/sse?client=busy", timeout=10) as s:
+            assert s._read_chunk(65536) == b":ok\n\n"
+            with pytest.raises(requests.ReadTimeout):
+                requests.get(f"{running.url}/stats", timeout=1.5)
+        assert wait_until(lambda: proc_stats(running.url)["sessions"] == 0, timeout=5)
+
+
+def test_waitress_buffers_a_slow_reader_before_gosse_does():
+    """A reader that stopped reading: 160 broadcasts of 64 KiB (10 MiB, more
+    than the kernel's socket buffers hold) all leave gosse's queue while the
+    reader reads nothing: waitress holds them (its outbuf, up to
+    outbuf_high_watermark, 16 MiB), so gosse's queue_bytes does not see them."""
+    require_waitress()
+    with BY_NAME["waitress"].start(GOSSE_T_QUEUE_BYTES=str(64 << 20),
+                                   GOSSE_T_QUEUE="100000") as running:
+        url = running.url
+        with RawStream(url, "/sse?client=slow", rcvbuf=4096, timeout=10) as s:
+            assert s._read_chunk(65536) == b":ok\n\n"
+            assert wait_until(lambda: proc_stats(url)["sessions"] == 1, timeout=5)
+            result = requests.post(f"{url}/burst", params={"n": 160, "size": 64 * 1024},
+                                   timeout=20).json()
+            assert result["n"] == 160
+            assert wait_until(lambda: proc_stats(url)["queued"] == 0, timeout=5), proc_stats(url)
+            stats = proc_stats(url)
+            assert stats["sessions"] == 1 and stats["sessions_dropped_slow"] == 0, stats
