@@ -44,15 +44,14 @@ class Running:
 
 class Deployment:
     def __init__(self, name, start, *, chunked=True, reuse=True, per_worker="many",
-                 term_clean=True, term_rc=(0,), matrix=True):
+                 term_clean=True, term_rc=(0,)):
         self.name = name
         self._start = start
-        self.chunked = chunked        # the client sees HTTP/1.1 chunks (a clean end: the last chunk)
+        self.chunked = chunked        # HTTP/1.1 chunks to the client (clean end: the last chunk)
         self.reuse = reuse            # the connection carries a request after a server-ended stream
         self.per_worker = per_worker  # "many" streams per worker, or 1 (a stream holds the worker)
         self.term_clean = term_clean  # SIGTERM by the README's recipe ends streams cleanly
         self.term_rc = term_rc        # exit codes the server may have after SIGTERM
-        self.matrix = matrix
 
     @contextmanager
     def start(self, **env):
