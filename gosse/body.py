@@ -28,6 +28,7 @@ __all__ = ["SessionStream"]
 
 _monotonic = time.monotonic
 PARK_CHECK = 60.0   # seconds between a parked stream's checks that its writer lives
+CLIENT_CHECK = 1.0  # seconds between checks of waitress.client_disconnected
 
 # hand_over(session, sock) -> (the writer's "finished" lock, the writer) or None
 HandOver = Callable[[Session, object], Optional[Tuple[Any, Any]]]
@@ -42,7 +43,7 @@ class SessionStream:
     """
 
     __slots__ = ("session", "_first", "_environ", "_hand_over", "_started", "conn",
-                 "__weakref__")
+                 "_client_left", "__weakref__")
 
     def __init__(self, session: Session, first_bytes: bytes, environ: dict,
                  hand_over: Optional[HandOver] = None):
@@ -52,6 +53,10 @@ class SessionStream:
         self._hand_over = hand_over
         self._started = False      # stream thread only
         self.conn: Any = None      # the ClientConnection, once it handed this body out
+        # waitress (with channel_request_lookahead > 0) tells whether the
+        # client left: no write needed to find out.
+        self._client_left: Optional[Callable[[], bool]] = environ.get(
+            "waitress.client_disconnected")
 
     def __iter__(self) -> "SessionStream":
         return self
@@ -77,8 +82,14 @@ class SessionStream:
             s.served_at = _monotonic()
             s.served = True   # the server has written the head and the first bytes
             if self._hand_over is not None and not s.ending:
-                self._serve_by_writer(sys._getframe(2))
+                try:
+                    caller = sys._getframe(2)
+                except ValueError:   # called from C (uWSGI): no server loop to hand over from
+                    caller = None
+                self._serve_by_writer(caller)
         mailbox = s.mailbox
+        gone = self._client_left
+        beat_at = _monotonic() + s.heartbeat if gone is not None else 0.0
         while True:
             if s.abort:
                 self._finish()
@@ -94,6 +105,14 @@ class SessionStream:
                     s.end(ENDED_BY_AGE)
                     continue
                 timeout = min(timeout, left)
+            if gone is not None:   # waitress: look once a second whether the client left
+                if gone():
+                    s.end(ENDED_BY_CLIENT)
+                    continue
+                timeout = min(timeout, beat_at - _monotonic())
+                if timeout > CLIENT_CHECK:
+                    mailbox.wait(CLIENT_CHECK)
+                    continue
             if not mailbox.wait(timeout) and not len(mailbox) and not s.ending:
                 if s.deadline is None or _monotonic() < s.deadline:
                     return HEARTBEAT

@@ -68,14 +68,15 @@ def wait_for_port(port, proc=None, timeout=20.0):
 
 @contextmanager
 def gunicorn_server(app_ref, *, workers=1, threads=64, env=None, extra=(),
-                    worker_class="gthread"):
+                    worker_class="gthread", python=None):
     """Run ``gunicorn -k WORKER_CLASS`` (gthread by default) on ``app_ref``
-    (module:attr, importable from tests/); yield (base_url, process)."""
+    (module:attr, importable from tests/) with ``python`` (this
+    interpreter by default); yield (base_url, process)."""
     if shutil.which("gunicorn") is None and not _has_module("gunicorn"):
         raise RuntimeError("gunicorn is not installed (pip install -e '.[test]')")
     port = free_port()
     threading_args = ["--threads", str(threads)] if worker_class == "gthread" else []
-    cmd = [sys.executable, "-m", "gunicorn", "-k", worker_class, *threading_args,
+    cmd = [python or sys.executable, "-m", "gunicorn", "-k", worker_class, *threading_args,
            "-w", str(workers), "-b", f"127.0.0.1:{port}", "--chdir", HERE,
            "--graceful-timeout", "3", "--timeout", "60", "--log-level", "warning",
            *extra, app_ref]
@@ -263,3 +264,154 @@ def nginx_uwsgi_proxy(upstream_port):
             yield f"http://127.0.0.1:{port}"
         finally:
             stop_process(proc)
+
+
+# -- more servers and proxies (the deployment matrix, tests/test_deploy_*.py) ----------
+
+def require(what, found, install):
+    """Skip the test when ``found`` is false ("``what`` is not installed
+    (``install``)"); under CI (env ``CI`` set) fail instead: .ci/run and
+    .ci/matrix.sh install it."""
+    if found:
+        return
+    import pytest
+    message = f"{what} is not installed ({install})"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI should have installed it")
+    pytest.skip(message)
+
+
+def nginx_binary():
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
+                                     else None)
+
+
+def require_nginx():
+    found = nginx_binary()
+    require("nginx", found, "apt-get install -y nginx")
+    return found
+
+
+@contextmanager
+def server_process(cmd, port, *, env=None, cwd=HERE, timeout=20.0):
+    """Run a server command line that listens on 127.0.0.1:``port``; yield
+    (base_url, process) once it accepts connections; SIGTERM it (then
+    SIGKILL after 10 s) at the end unless the test stopped it already.
+    stdout and stderr go to ``process.stdout``."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONPATH": f"{HERE}:{ROOT}",
+                                                **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        stop_process(proc)
+
+
+def uwsgi_command(app_ref, port, mode="http", *, threads=16, die_on_term=True, extra=()):
+    """uWSGI (the ``pyuwsgi`` wheel's ``uwsgi``) with the flags streams need:
+    a master, ``--enable-threads --threads N`` (one stream per thread),
+    ``--die-on-term`` (SIGTERM stops it; without it SIGTERM reloads).
+    ``mode``: ``http`` (uWSGI's HTTP router process in front of the
+    worker), ``http-socket`` (the worker speaks HTTP itself) or ``socket``
+    (the uwsgi protocol, for nginx ``uwsgi_pass``)."""
+    binary = shutil.which("uwsgi") or os.path.join(os.path.dirname(sys.executable), "uwsgi")
+    module, _, attr = app_ref.partition(":")
+    return [binary, f"--{mode}", f"127.0.0.1:{port}", "--module", f"{module}:{attr or 'app'}",
+            "--chdir", HERE, "--master", "--processes", "1", "--enable-threads",
+            "--threads", str(threads), *(["--die-on-term"] if die_on_term else []), "--need-app",
+            "--disable-logging", *extra]
+
+
+def require_uwsgi():
+    require("uWSGI", _has_module("pyuwsgi") or shutil.which("uwsgi"),
+            "pip install pyuwsgi (setup.cfg extra: deploy)")
+
+
+def waitress_command(app_ref, port, *, threads=16, extra=()):
+    """waitress-serve with ``threads`` (more than the open streams + 4) and
+    ``--channel-request-lookahead=1`` (so it notices a client that left
+    while its stream waits)."""
+    return [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}",
+            f"--threads={threads}", "--channel-request-lookahead=1", *extra, app_ref]
+
+
+def require_waitress():
+    require("waitress", _has_module("waitress"), "pip install waitress (setup.cfg extra: deploy)")
+
+
+def werkzeug_command(app_ref, port):
+    """Werkzeug's threaded development server in its own process."""
+    module, _, attr = app_ref.partition(":")
+    code = ("import sys; from werkzeug.serving import run_simple; import importlib; "
+            f"app = getattr(importlib.import_module({module!r}), {attr or 'app'!r}); "
+            f"run_simple('127.0.0.1', {port}, app, threaded=True)")
+    return [sys.executable, "-c", code]
+
+
+def django_runserver_command(settings_module, port):
+    """``django-admin runserver`` (threaded, no autoreloader)."""
+    return [sys.executable, "-m", "django", "runserver", "--noreload",
+            f"--settings={settings_module}", f"127.0.0.1:{port}"]
+
+
+NGINX_PROXY_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream app {{
+        server 127.0.0.1:{upstream};
+{keepalive}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+{http11}
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 60s;
+            gzip off;
+        }}
+    }}
+}}
+"""
+
+# What the README's "nginx in front" block adds to nginx's defaults.
+NGINX_HTTP11 = """\
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";"""
+
+
+@contextmanager
+def nginx_proxy(upstream_port, *, http11=True):
+    """nginx (own config, pid, logs, temp dirs) ``proxy_pass`` to an HTTP
+    server on ``upstream_port``, response buffering off.  ``http11``: the
+    README's block (HTTP/1.1 upstream, ``Connection ""``, upstream
+    keepalive); otherwise nginx's default (HTTP/1.0, a connection per
+    request).  Yield nginx's base URL."""
+    import tempfile
+    nginx = require_nginx()
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="gosse-nginx-") as tmp:
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_PROXY_CONF.format(
+                user=user, dir=tmp, port=port, upstream=upstream_port,
+                keepalive="        keepalive 16;" if http11 else "",
+                http11=NGINX_HTTP11 if http11 else ""))
+        with server_process([nginx, "-p", tmp, "-c", conf, "-e", f"{tmp}/error.log"],
+                            port) as (url, proc):
+            yield url

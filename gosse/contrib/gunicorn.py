@@ -32,6 +32,7 @@ registry when it is closed (:func:`gosse.broker.live_brokers`).
 """
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
@@ -49,8 +50,9 @@ _log = logging.getLogger("gosse.contrib.gunicorn")
 #: before it shuts their sockets down (``Broker.close(timeout)``).
 CLOSE_TIMEOUT = 1.0
 
-_closer: Optional[threading.Thread] = None
-_closer_lock = threading.Lock()
+# Set once by the SIGTERM handler (only the worker's main thread runs it):
+# the Event the closing thread or greenlet sets when it is done.
+_closed: Optional[threading.Event] = None
 
 
 def close_brokers(timeout: float = CLOSE_TIMEOUT) -> int:
@@ -80,20 +82,33 @@ def _close_one(broker: Any, timeout: float) -> None:
 
 def _close_in_background() -> None:
     """Start closing the brokers without waiting (for a signal handler,
-    which must not block: the worker's main loop has to keep running)."""
-    global _closer
-    with _closer_lock:
-        if _closer is not None and _closer.is_alive():
-            return
-        _closer = threading.Thread(target=close_brokers, name="gosse-gunicorn-close",
-                                   daemon=True)
-        _closer.start()
+    which must not block: the worker's main loop has to keep running).
+
+    ``threading.Thread.start()`` waits until the new thread runs.  Under
+    gevent and eventlet the handler may run in the event loop itself, where
+    waiting is forbidden (gevent's ``BlockingSwitchOutError``, eventlet's
+    "Cannot switch to MAINLOOP from MAINLOOP"): the worker crashed and cut
+    every stream.  ``_thread.start_new_thread`` returns at once; both
+    libraries patch it to spawn a greenlet, which is what runs the close
+    there (its waits are cooperative)."""
+    global _closed
+    if _closed is not None:   # a second SIGTERM: the first close is running
+        return
+    done = _closed = threading.Event()
+
+    def run() -> None:
+        try:
+            close_brokers()
+        finally:
+            done.set()
+
+    _thread.start_new_thread(run, ())
 
 
 def _wait_for_closer(timeout: float) -> None:
-    closer = _closer
-    if closer is not None and closer is not threading.current_thread():
-        closer.join(timeout)
+    done = _closed
+    if done is not None:
+        done.wait(timeout)
 
 
 # -- the hooks (gunicorn takes these module names as its settings) -------------
