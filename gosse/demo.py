@@ -49,8 +49,8 @@ from .broker import Broker
 from .errors import BrokerClosedError
 from .event import Event, JSONEvent
 
-__all__ = ["DemoApp", "create_app", "app", "CLOCK_EVENT", "CHAT_EVENT", "JOB_EVENT",
-           "JOBS_TOPIC", "MAX_BODY_BYTES", "MAX_RUNNING_JOBS"]
+__all__ = ["CHAT_EVENT", "CLOCK_EVENT", "JOBS_TOPIC", "JOB_EVENT", "MAX_BODY_BYTES",
+           "MAX_RUNNING_JOBS", "DemoApp", "app", "create_app"]
 
 log = logging.getLogger("gosse.demo")
 
@@ -204,14 +204,15 @@ class DemoApp:
                 raise LookupError(f"{running} jobs are running (at most "
                                   f"{MAX_RUNNING_JOBS}): start one when another is done")
             self._next_job += 1
-            job = {"job": str(self._next_job), "done": 0, "total": steps,
-                   "state": "running"}
-            self._jobs[job["job"]] = job
+            job_id = str(self._next_job)
+            job: Dict[str, Any] = {"job": job_id, "done": 0, "total": steps,
+                                   "state": "running"}
+            self._jobs[job_id] = job
             finished = [k for k, j in self._jobs.items() if j["state"] != "running"]
             for key in finished[:-_KEEP_FINISHED_JOBS]:
                 del self._jobs[key]
             thread = threading.Thread(target=self._run_job, args=(job,),
-                                      name=f"gosse-demo-job-{job['job']}", daemon=True)
+                                      name=f"gosse-demo-job-{job_id}", daemon=True)
             # Started under the lock, so close() never joins an unstarted thread.
             thread.start()
             self._job_threads = [t for t in self._job_threads if t.is_alive()] + [thread]

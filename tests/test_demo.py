@@ -192,7 +192,7 @@ def test_app_publish_validation(app_url):
 
 
 def test_app_chat_broadcasts_to_every_stream(app_url):
-    app, url = app_url
+    _, url = app_url
     with SSEReader(url + "sse") as plain, SSEReader(url + "sse?topic=jobs") as joined:
         r = requests.post(url + "chat", json={"name": " ada ", "text": "hello <b>"},
                           timeout=5)
@@ -218,7 +218,7 @@ def test_app_chat_broadcasts_to_every_stream(app_url):
     (["text"], 400, "JSON object"),
 ])
 def test_app_chat_validation(app_url, body, status, says):
-    app, url = app_url
+    _, url = app_url
     r = requests.post(url + "chat", json=body, timeout=5)
     assert r.status_code == status and says in r.text, r.text
 

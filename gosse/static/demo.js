@@ -1,4 +1,4 @@
-// The events page: every event the stream delivers, newest first.
+// The events page: every event its EventSource (common.js) delivers, newest first.
 "use strict";
 
 (function () {
