@@ -36,6 +36,7 @@
       li.dataset.job = job.job;
       li.dataset.done = "-1";
       const bar = el("progress");
+      bar.setAttribute("aria-label", "progress of job " + job.job);
       li.append(el("span", "job-name", "Job " + job.job), bar,
                 el("span", "job-percent"), el("span", "job-state"));
       list.prepend(li);
