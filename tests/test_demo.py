@@ -426,6 +426,15 @@ def test_demo_gunicorn(start_demo):
         requests.post(d.url + "publish", json={"data": "via gunicorn"},
                       timeout=5).raise_for_status()
         assert reader.next_event(not_clock).data == "via gunicorn"
+        # The jobs page's parts work in the worker too: a job's thread
+        # publishes on its topic, to the stream that joined it.
+        assert requests.get(d.url + "live", timeout=5).status_code == 200
+        with SSEReader(d.url + "sse?topic=" + JOBS_TOPIC) as joined:
+            r = requests.post(d.url + "jobs", data={"steps": "2"}, timeout=5)
+            assert r.status_code == 202
+            got = job_events(joined, r.json()["job"])
+            assert [(e["done"], e["state"]) for e in got] == [
+                (0, "running"), (1, "running"), (2, "done")]
         t0 = time.monotonic()
         d.proc.send_signal(signal.SIGTERM)
         reader.read_until_eof(3)  # the worker hook ends the streams at once
