@@ -1,15 +1,24 @@
-"""The live demo behind ``gosse demo``: a page that shows an event stream.
+"""The live demo behind ``gosse demo``: two pages driven by one broker.
 
 Routes of the WSGI app:
 
-* ``GET /``: the page (``gosse/static/``).  It opens an ``EventSource`` on
-  ``sse`` and lists the events it receives.
+* ``GET /``: the events page (``gosse/static/``).  It opens an
+  ``EventSource`` on ``sse`` and lists the events it receives.
+* ``GET /live``: the jobs and chat page: background jobs with a progress bar
+  and a small chat, on one ``EventSource`` (``sse?topic=jobs``).
 * ``GET /sse``: the event stream: a ``clock`` event every second, and every
-  message anyone publishes.  A reconnecting page resumes by
-  ``Last-Event-ID`` (the broker keeps a history and numbers every event).
+  event anyone publishes or chats; ``?topic=NAME`` (repeatable) also joins
+  topics, e.g. ``jobs``.  A reconnecting page resumes by ``Last-Event-ID``
+  (the broker keeps a history and numbers every event).
 * ``POST /publish``: form or JSON fields ``data`` (required), ``event`` and
   ``id`` (optional); broadcasts the event and answers
   ``{"delivered": <sessions reached>}``.
+* ``POST /chat``: fields ``text`` (required) and ``name``; broadcasts a
+  ``chat`` event whose data is JSON ``{"name", "text", "time"}``.
+* ``POST /jobs``: optional field ``steps`` (1-100); starts a background job
+  that publishes ``job`` events (JSON ``{"job", "done", "total", "state"}``)
+  on topic ``jobs`` and answers 202 ``{"job": ID, ...}``.  ``GET /jobs``
+  lists the jobs.
 * ``GET /stats``: ``broker.stats()`` as JSON.
 
 Serve it with ``gosse demo`` (Werkzeug's threaded server), ``gosse demo
@@ -29,24 +38,40 @@ import json
 import logging
 import mimetypes
 import pathlib
+import re
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from .broker import Broker
 from .errors import BrokerClosedError
-from .event import Event
+from .event import Event, JSONEvent
 
-__all__ = ["DemoApp", "create_app", "app", "CLOCK_EVENT", "MAX_BODY_BYTES"]
+__all__ = ["CHAT_EVENT", "CLOCK_EVENT", "JOBS_TOPIC", "JOB_EVENT", "MAX_BODY_BYTES",
+           "MAX_RUNNING_JOBS", "DemoApp", "app", "create_app"]
 
 log = logging.getLogger("gosse.demo")
 
 #: The event type of the clock ticks.
 CLOCK_EVENT = "clock"
-#: Largest accepted ``POST /publish`` body.
+#: The event type of chat messages (``POST /chat``).
+CHAT_EVENT = "chat"
+#: The event type of job progress (``POST /jobs``).
+JOB_EVENT = "job"
+#: The topic job progress is published on: ``GET /sse?topic=jobs``.
+JOBS_TOPIC = "jobs"
+#: Largest accepted ``POST`` body.
 MAX_BODY_BYTES = 64 * 1024
+#: Jobs that may run at once; ``POST /jobs`` answers 429 beyond.
+MAX_RUNNING_JOBS = 4
+#: Finished jobs that ``GET /jobs`` still lists.
+_KEEP_FINISHED_JOBS = 20
+_MAX_CHAT_TEXT = 500
+_MAX_CHAT_NAME = 40
+_MAX_TOPICS = 8
+_TOPIC = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # The page may load only its own files and talk only to its own origin; with
 # no inline script allowed, injected markup could not run code either.
@@ -92,18 +117,26 @@ class DemoApp:
     """
 
     def __init__(self, broker: Optional[Broker] = None, *, clock_interval: float = 1.0,
-                 history: int = 1000):
+                 history: int = 1000, job_interval: float = 0.2):
         if broker is None:
             # auto_id + history: a page that reconnects (server restart
             # aside) resumes exactly where it left off.
             broker = Broker(history=history, auto_id=True, retry=2000)
         self.broker = broker
         self.clock_interval = clock_interval
+        #: Seconds between two steps of a job.
+        self.job_interval = job_interval
         self._static = _load_static()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._clock: Optional[threading.Thread] = None
         self._closed = False
+        # The jobs by id (insertion order = start order), each a dict with
+        # "job", "done", "total", "state": written by the job's own thread
+        # and by POST /jobs, always under self._lock.
+        self._jobs: Dict[str, Dict[str, Any]] = {}
+        self._job_threads: List[threading.Thread] = []   # under self._lock
+        self._next_job = 0
 
     # -- life cycle ----------------------------------------------------------
 
@@ -124,9 +157,11 @@ class DemoApp:
         with self._lock:
             self._closed = True
             clock = self._clock
+            jobs = list(self._job_threads)
         self._stop.set()
-        if clock is not None and clock is not threading.current_thread():
-            clock.join(timeout)
+        for thread in ([clock] if clock is not None else []) + jobs:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
         self.broker.close(timeout)
 
     @property
@@ -152,6 +187,65 @@ class DemoApp:
             except Exception:  # never let the clock die silently
                 log.exception("clock tick failed")
 
+    # -- jobs --------------------------------------------------------------------
+
+    def start_job(self, steps: int = 20) -> Dict[str, Any]:
+        """Start a background job of ``steps`` steps that publishes its
+        progress on topic :data:`JOBS_TOPIC`; return its state.  Raises
+        :class:`~gosse.errors.BrokerClosedError` once closed and
+        :class:`LookupError` when :data:`MAX_RUNNING_JOBS` are running."""
+        if type(steps) is not int or not 1 <= steps <= 100:
+            raise ValueError(f"steps must be an int from 1 to 100, not {steps!r}")
+        with self._lock:
+            if self._closed:
+                raise BrokerClosedError("the demo is shutting down")
+            running = sum(1 for j in self._jobs.values() if j["state"] == "running")
+            if running >= MAX_RUNNING_JOBS:
+                raise LookupError(f"{running} jobs are running (at most "
+                                  f"{MAX_RUNNING_JOBS}): start one when another is done")
+            self._next_job += 1
+            job_id = str(self._next_job)
+            job: Dict[str, Any] = {"job": job_id, "done": 0, "total": steps,
+                                   "state": "running"}
+            self._jobs[job_id] = job
+            finished = [k for k, j in self._jobs.items() if j["state"] != "running"]
+            for key in finished[:-_KEEP_FINISHED_JOBS]:
+                del self._jobs[key]
+            thread = threading.Thread(target=self._run_job, args=(job,),
+                                      name=f"gosse-demo-job-{job_id}", daemon=True)
+            # Started under the lock, so close() never joins an unstarted thread.
+            thread.start()
+            self._job_threads = [t for t in self._job_threads if t.is_alive()] + [thread]
+            first = dict(job)
+        return first
+
+    def jobs(self) -> List[Dict[str, Any]]:
+        """The state of the recent jobs, oldest first."""
+        with self._lock:
+            return [dict(j) for j in self._jobs.values()]
+
+    def _run_job(self, job: Dict[str, Any]) -> None:
+        total = job["total"]
+        with self._lock:
+            state = dict(job)
+        for done in range(total + 1):
+            if done:
+                if self._stop.wait(self.job_interval):  # the "work" of one step
+                    with self._lock:
+                        job["state"] = "stopped"
+                    return
+                with self._lock:
+                    job["done"] = done
+                    if done == total:
+                        job["state"] = "done"
+                    state = dict(job)
+            try:
+                self.broker.publish(JOBS_TOPIC, JSONEvent(state, event=JOB_EVENT))
+            except BrokerClosedError:
+                return
+            except Exception:  # never let a job die silently
+                log.exception("job %s: publishing its progress failed", job["job"])
+
     # -- WSGI ------------------------------------------------------------------
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -175,8 +269,13 @@ class DemoApp:
                           {"Allow": "GET, HEAD"})(environ, start_response)
         client = request.args.get("client", "")[:100] or (
             f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}")
+        topics = request.args.getlist("topic")
+        bad = [t for t in topics if not _TOPIC.fullmatch(t)]
+        if bad or len(topics) > _MAX_TOPICS:
+            return _error(400, f"topic: up to {_MAX_TOPICS} names of 1-64 letters, digits, "
+                               "'_', '.' or '-' (e.g. ?topic=jobs)")(environ, start_response)
         try:
-            conn = self.broker.connect(client, environ)
+            conn = self.broker.connect(client, environ, topics=topics)
         except BrokerClosedError:
             return _error(503, "the demo is shutting down")(environ, start_response)
         return conn(environ, start_response)
@@ -188,17 +287,28 @@ class DemoApp:
                 return _error(405, "POST form or JSON fields: data (required), event, id",
                               {"Allow": "POST"})
             return self._publish(request)
+        if path == "/chat":
+            if request.method != "POST":
+                return _error(405, "POST form or JSON fields: text (required), name",
+                              {"Allow": "POST"})
+            return self._chat(request)
+        if path == "/jobs" and request.method == "POST":
+            return self._start_job(request)
         if path in ("/", "/index.html"):
             name = "index.html"
+        elif path in ("/live", "/live.html"):
+            name = "live.html"
         elif path.startswith("/static/"):
             name = path[len("/static/"):]
-        elif path == "/stats":
+        elif path in ("/stats", "/jobs"):
             name = None
         else:
             return _error(404, f"no such page: {path}")
         if request.method not in ("GET", "HEAD"):
-            return _error(405, f"{request.method} is not allowed here",
-                          {"Allow": "GET, HEAD"})
+            allow = "GET, HEAD, POST" if path == "/jobs" else "GET, HEAD"
+            return _error(405, f"{request.method} is not allowed here", {"Allow": allow})
+        if path == "/jobs":
+            return _json({"jobs": self.jobs()})
         if name is None:
             return _json(self.broker.stats())
         return self._file(name)
@@ -211,12 +321,9 @@ class DemoApp:
         return Response(content, content_type=ctype, headers=_PAGE_HEADERS)
 
     def _publish(self, request: Request) -> Response:
-        if request.is_json:
-            fields = request.get_json(silent=True)
-            if not isinstance(fields, dict):
-                return _error(400, "the body must be a JSON object with a \"data\" field")
-        else:
-            fields = request.form
+        fields = _fields(request)
+        if fields is None:
+            return _error(400, "the body must be a JSON object with a \"data\" field")
         data = fields.get("data")
         if data is None:
             return _error(400, "missing field \"data\" (form field or JSON key): "
@@ -236,6 +343,63 @@ class DemoApp:
             return _error(400, str(exc))
         return _json({"delivered": delivered})
 
+    def _chat(self, request: Request) -> Response:
+        fields = _fields(request)
+        if fields is None:
+            return _error(400, "the body must be a JSON object with a \"text\" field")
+        text, name = fields.get("text"), fields.get("name") or "anonymous"
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "missing field \"text\" (form field or JSON key): "
+                               "the chat message")
+        if not isinstance(name, str):
+            return _error(400, "field \"name\" must be a string")
+        text, name = text.strip(), name.strip() or "anonymous"
+        if len(text) > _MAX_CHAT_TEXT or len(name) > _MAX_CHAT_NAME:
+            return _error(400, f"a chat message has at most {_MAX_CHAT_TEXT} characters "
+                               f"and a name at most {_MAX_CHAT_NAME}")
+        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        try:
+            delivered = self.broker.broadcast(JSONEvent(
+                {"name": name, "text": text, "time": now}, event=CHAT_EVENT))
+        except BrokerClosedError:
+            return _error(503, "the demo is shutting down")
+        except ValueError as exc:  # e.g. a lone surrogate from JSON
+            return _error(400, str(exc))
+        return _json({"delivered": delivered})
+
+    def _start_job(self, request: Request) -> Response:
+        fields = _fields(request)
+        if fields is None:
+            return _error(400, "the body must be a JSON object (field: steps)")
+        raw = fields.get("steps")
+        steps = 20 if raw in (None, "") else _whole_number(raw)
+        if steps is None or not 1 <= steps <= 100:
+            return _error(400, "field \"steps\" must be a whole number from 1 to 100")
+        try:
+            job = self.start_job(steps)
+        except BrokerClosedError:
+            return _error(503, "the demo is shutting down")
+        except LookupError as exc:
+            return _error(429, str(exc), {"Retry-After": "1"})
+        return _json({**job, "topic": JOBS_TOPIC}, status=202)
+
+
+def _whole_number(value: Any) -> Optional[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _fields(request: Request) -> Optional[Any]:
+    """The form fields of a request, or its JSON object (None if the JSON
+    body is not an object)."""
+    if not request.is_json:
+        return request.form
+    fields = request.get_json(silent=True)
+    return fields if isinstance(fields, dict) else None
+
 
 def _json(value: Any, status: int = 200) -> Response:
     return Response(json.dumps(value) + "\n", status=status, mimetype="application/json",
@@ -247,10 +411,11 @@ def _error(status: int, message: str, headers: Optional[Dict[str, str]] = None) 
 
 
 def create_app(broker: Optional[Broker] = None, *, clock_interval: float = 1.0,
-               history: int = 1000) -> DemoApp:
+               history: int = 1000, job_interval: float = 0.2) -> DemoApp:
     """A new demo app (see :class:`DemoApp`); pass your own ``broker`` to
-    change its settings."""
-    return DemoApp(broker, clock_interval=clock_interval, history=history)
+    change its settings.  ``job_interval``: seconds per step of a job."""
+    return DemoApp(broker, clock_interval=clock_interval, history=history,
+                   job_interval=job_interval)
 
 
 #: The app for WSGI servers: ``gunicorn -k gthread --threads 100 -w 1

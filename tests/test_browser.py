@@ -1,9 +1,13 @@
-"""The demo page in a real browser: headless Chromium, driven through the
-DevTools protocol (a minimal stdlib WebSocket client below), loads the page
-from ``gosse demo``; events published over HTTP must show up in its DOM.
+"""The demo pages in a real browser: headless Chromium, driven through the
+DevTools protocol (a minimal stdlib WebSocket client below), loads the pages
+from ``gosse demo``; what is published over HTTP, and what the pages' own
+controls do, must show up in their DOM as a user would see it.
 
 Skipped when Chromium is not installed, except under CI (``CI`` set), where
 ``.ci/run`` installs it and a missing browser is a failure.
+
+``GOSSE_SCREENSHOTS=DIR`` saves PNG screenshots of the pages into DIR (the
+documentation's are made with ``GOSSE_SCREENSHOTS=docs/_static``).
 """
 import base64
 import hashlib
@@ -173,6 +177,23 @@ class DevTools:
                                      f"{what or expression}; page state: {self.snapshot()}")
             time.sleep(0.05)
 
+    def screenshot(self, name):
+        """Save a PNG of the page as ``$GOSSE_SCREENSHOTS/name`` (if set) and
+        return its bytes."""
+        # The whole page and no more: clipped to the document's height.
+        width, height = self.evaluate(
+            "[window.innerWidth, Math.ceil(document.body.getBoundingClientRect().bottom)]")
+        clip = {"x": 0, "y": 0, "width": width, "height": min(height, 3000), "scale": 1}
+        png = base64.b64decode(self.call("Page.captureScreenshot", format="png", clip=clip,
+                                         captureBeyondViewport=True)["data"])
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        folder = os.environ.get("GOSSE_SCREENSHOTS")
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(png)
+        return png
+
     def snapshot(self):
         try:
             return self.evaluate(SNAPSHOT)
@@ -183,22 +204,11 @@ class DevTools:
         self.ws.close()
 
 
-# The page's state as plain data: connection state, clock, and the list rows.
-SNAPSHOT = """JSON.stringify({
-  state: document.getElementById("state").textContent,
-  clock: document.getElementById("clock").textContent,
-  lastId: document.getElementById("last-id").textContent,
-  rows: Array.from(document.querySelectorAll("#events li")).map(li => ({
-    type: li.dataset.type, id: li.dataset.id,
-    data: li.querySelector(".data").textContent,
-    elements: li.querySelector(".data").children.length})),
-  images: document.images.length,
-  pwned: window.__pwned === true,
-})"""
-
-
 PAGE_LOADED = ('document.readyState === "complete" && '
-               'document.getElementById("events") !== null')
+               'document.getElementById("state") !== null')
+STREAM_OPEN = 'document.getElementById("state").textContent === "open"'
+# The one time format of the pages: 24-hour HH:MM:SS.
+HMS = re.compile(r"\d\d:\d\d:\d\d")
 
 
 @pytest.fixture
@@ -207,7 +217,7 @@ def browser(tmp_path):
     procs = []
     tools = []
 
-    def open_page(url):
+    def open_page(url, size=(1100, 900)):
         profile = tmp_path / f"profile{len(procs)}"
         profile.mkdir()
         proc = subprocess.Popen(
@@ -215,6 +225,8 @@ def browser(tmp_path):
              "--no-first-run", "--no-default-browser-check",
              "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--disable-extensions", "--mute-audio",
+             "--hide-scrollbars", "--force-device-scale-factor=1",
+             f"--window-size={size[0]},{size[1]}",
              f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
              "--remote-debugging-port=0", url],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -268,18 +280,56 @@ def demo():
     d.kill()
 
 
-def page_rows(devtools):
-    return json.loads(devtools.snapshot())["rows"]
+
+# The page's state as plain data: connection state, clock, empty state and
+# the list rows (whichever of them the page has), and its visible text.
+SNAPSHOT = """JSON.stringify((() => {
+  const $ = (id) => document.getElementById(id);
+  const text = (id) => $(id) ? $(id).textContent : null;
+  return {
+    state: text("state"),
+    clock: text("clock"),
+    clockIso: $("clock") ? $("clock").dateTime : null,
+    lastId: text("last-id"),
+    empty: $("empty") ? !$("empty").hidden && $("empty").offsetHeight > 0 : null,
+    emptyText: text("empty"),
+    rows: Array.from(document.querySelectorAll("#events li")).map(li => ({
+      type: li.dataset.type, id: li.dataset.id,
+      time: li.querySelector(".time").textContent,
+      data: li.querySelector(".data").textContent,
+      elements: li.querySelector(".data").children.length})),
+    images: document.images.length,
+    pwned: window.__pwned === true,
+    visible: document.body.innerText.slice(0, 3000),
+  };
+})())"""
 
 
-def test_published_events_appear_in_the_page(browser, demo):
-    page = browser(demo.url + "?types=news")
+def open_demo_page(browser, url, **kw):
+    page = browser(url, **kw)
     page.wait_for(PAGE_LOADED, what="the page to load")
-    page.wait_for('document.getElementById("state").textContent === "open"', timeout=15,
-                  what="the EventSource to open")
-    # The server clock ticks in the page.
-    page.wait_for(r'/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/.test('
-                  'document.getElementById("clock").textContent)', what="a clock tick")
+    page.wait_for(STREAM_OPEN, timeout=15, what="the EventSource to open")
+    return page
+
+
+def state_of(page):
+    return json.loads(page.snapshot())
+
+
+def test_events_page_empty_state_clock_and_published_events(browser, demo):
+    page = open_demo_page(browser, demo.url + "?types=news")
+    # The server clock ticks, shown as HH:MM:SS (the full time in datetime).
+    page.wait_for(r'/^\d\d:\d\d:\d\d$/.test(document.getElementById("clock").textContent)',
+                  what="a clock tick")
+    state = state_of(page)
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", state["clockIso"]), state
+    # Nothing published yet: the empty state says what to do, with this
+    # server's own URL, and clock ticks are not listed.
+    assert state["empty"] is True and state["rows"] == [], state
+    assert f"gosse publish {demo.url}publish --data 'hello'" in state["emptyText"]
+    assert f"curl -d data='hello' {demo.url}publish" in state["emptyText"]
+    assert f"gosse publish {demo.url}publish --data 'hello'" in state["visible"]
+    page.screenshot("demo-empty.png")
 
     token = f"t{time.monotonic_ns()}"
     hostile = f'<img src=x onerror="window.__pwned=true"><b>{token}</b> & "quotes"'
@@ -292,27 +342,28 @@ def test_published_events_appear_in_the_page(browser, demo):
 
     page.wait_for(f'document.getElementById("events").textContent.includes("{token} news")',
                   what="the published events in the list")
-    state = json.loads(page.snapshot())
+    state = state_of(page)
+    assert state["empty"] is False, state  # the empty state is gone
     rows = {row["data"]: row for row in state["rows"]}
     # Shown as text, exactly as published: no markup was interpreted.
     assert hostile in rows, state
-    assert rows[hostile]["type"] == "message" and re.fullmatch(r"[0-9a-z]+-[0-9]+", rows[hostile]["id"])
+    assert rows[hostile]["type"] == "message"
+    assert re.fullmatch(r"[0-9a-z]+-\d+", rows[hostile]["id"])  # numbered by the broker
     assert rows[hostile]["elements"] == 0
     assert state["images"] == 0 and not state["pwned"]
     news = rows[f"{token} news\nsecond line"]
     assert (news["type"], news["id"]) == ("news", f"{token}-id")
     assert state["lastId"] and state["state"] == "open"
-    # Newest first.
+    # Newest first; every time on the page in the clock's format.
     assert state["rows"][0]["id"] == f"{token}-id"
+    assert all(HMS.fullmatch(row["time"]) for row in state["rows"]), state
+    assert HMS.fullmatch(state["clock"]), state
 
 
 def test_page_publish_form_round_trip(browser, demo):
     """The page's own publish form posts to /publish; the event comes back
     over the stream into the list."""
-    page = browser(demo.url)
-    page.wait_for(PAGE_LOADED, what="the page to load")
-    page.wait_for('document.getElementById("state").textContent === "open"', timeout=15,
-                  what="the EventSource to open")
+    page = open_demo_page(browser, demo.url)
     token = f"form{time.monotonic_ns()}"
     page.evaluate(f"""(() => {{
         document.getElementById("publish-data").value = "{token}";
@@ -326,3 +377,110 @@ def test_page_publish_form_round_trip(browser, demo):
     result = page.wait_for('document.getElementById("publish-result").textContent',
                            what="the form's result line")
     assert re.fullmatch(r"sent to [1-9]\d* streams?", result), result
+
+
+JOB_ROW = """(() => {{
+  const li = document.querySelector('#jobs li[data-job="{job}"]');
+  return li && JSON.stringify({{
+    state: li.dataset.state, value: li.querySelector("progress").value,
+    max: li.querySelector("progress").max,
+    percent: li.querySelector(".job-percent").textContent,
+    label: li.querySelector(".job-state").textContent,
+    name: li.querySelector(".job-name").textContent}});
+}})()"""
+
+
+def job_row(page, job):
+    found = page.evaluate(JOB_ROW.format(job=job))
+    return json.loads(found) if found else None
+
+
+def test_live_page_job_progress_bar(browser, demo):
+    """The button starts a job on the server (POST /jobs); its thread's
+    progress events, on topic "jobs", move the page's bar to 100 %."""
+    page = open_demo_page(browser, demo.url + "live")
+    assert page.evaluate('!document.getElementById("jobs-empty").hidden')
+    assert f"curl -d steps=20 {demo.url}jobs" in page.evaluate(
+        'document.getElementById("jobs-empty").textContent')
+    # Every value the bars take, as the page renders each event.
+    page.evaluate("""(() => {
+        window.__seen = [];
+        new MutationObserver(() => document.querySelectorAll("#jobs progress")
+            .forEach(bar => window.__seen.push(bar.value)))
+          .observe(document.getElementById("jobs"),
+                   {subtree: true, childList: true, attributes: true});
+        document.getElementById("job-steps").value = "5";
+        document.querySelector("#job-form button").click();
+    })()""")
+    result = page.wait_for('document.getElementById("job-result").textContent',
+                           what="the job's start line")
+    match = re.fullmatch(r"job (\d+) started", result)
+    assert match, result
+    job = match.group(1)
+    page.wait_for(f'(() => {{ const r = {JOB_ROW.format(job=job)}; '
+                  f'return r && JSON.parse(r).state === "done"; }})()',
+                  what=f"job {job} to finish")
+    row = job_row(page, job)
+    assert row == {"state": "done", "value": 5, "max": 5, "percent": "100 %",
+                   "label": "done", "name": f"Job {job}"}, row
+    seen = page.evaluate("window.__seen")
+    assert {1, 2, 3, 4, 5} <= set(seen), seen  # it moved step by step, not at the end
+    assert seen == sorted(seen), seen  # and never back
+    assert page.evaluate('document.getElementById("jobs-empty").hidden')
+    jobs = requests.get(demo.url + "jobs", timeout=5).json()["jobs"]
+    assert {"job": job, "done": 5, "total": 5, "state": "done"} in jobs
+
+    # A job started by someone else (here over HTTP) shows up as well.
+    r = requests.post(demo.url + "jobs", data={"steps": "40"}, timeout=5)
+    assert r.status_code == 202
+    other = r.json()["job"]
+    page.wait_for(f'(() => {{ const r = {JOB_ROW.format(job=other)}; '
+                  f'return r && JSON.parse(r).value >= 14; }})()',
+                  what="the second job's progress")
+    row = job_row(page, other)
+    assert row["state"] == "running" and row["max"] == 40
+    assert row["label"] == f"{row['value']} / 40 steps", row
+    if os.environ.get("GOSSE_SCREENSHOTS"):
+        for name, text in (("ada", "the nightly import is running"),
+                           ("grace", "thanks, watching the bar")):
+            requests.post(demo.url + "chat", data={"name": name, "text": text},
+                          timeout=5).raise_for_status()
+        page.wait_for('document.querySelectorAll("#messages li").length >= 2',
+                      what="the chat messages")
+        page.wait_for(r'/^\d\d:/.test(document.getElementById("clock").textContent)',
+                      what="a clock tick")
+        page.screenshot("demo-live.png")
+
+
+def test_live_page_chat(browser, demo):
+    """The chat form posts to /chat, which broadcasts: the message comes back
+    into the page, and one sent by someone else (over HTTP) appears too,
+    as text."""
+    page = open_demo_page(browser, demo.url + "live")
+    assert page.evaluate('!document.getElementById("chat-empty").hidden')
+    token = f"hi{time.monotonic_ns()}"
+    page.evaluate(f"""(() => {{
+        document.getElementById("chat-name").value = "ada";
+        document.getElementById("chat-text").value = "{token}";
+        document.querySelector("#chat-form button").click();
+    }})()""")
+    messages = """JSON.stringify(Array.from(document.querySelectorAll("#messages li"))
+        .map(li => [li.querySelector(".time").textContent,
+                    li.querySelector(".name").textContent,
+                    li.querySelector(".text").textContent,
+                    li.querySelector(".text").children.length]))"""
+    page.wait_for(f'document.getElementById("messages").textContent.includes("{token}")',
+                  what="the page's own chat message")
+    hostile = '<img src=x onerror="window.__pwned=true"> & "hi"'
+    r = requests.post(demo.url + "chat", json={"name": "<b>grace</b>", "text": hostile},
+                      timeout=5)
+    assert r.status_code == 200 and r.json()["delivered"] >= 1
+    page.wait_for('document.querySelectorAll("#messages li").length >= 2',
+                  what="the message sent over HTTP")
+    got = json.loads(page.evaluate(messages))
+    assert [m[1:] for m in got] == [["ada", token, 0], ["<b>grace</b>", hostile, 0]], got
+    assert all(HMS.fullmatch(m[0]) for m in got), got
+    assert page.evaluate('document.getElementById("chat-text").value') == ""
+    assert page.evaluate('document.getElementById("chat-empty").hidden')
+    assert page.evaluate("document.images.length") == 0
+    assert page.evaluate("window.__pwned === true") is False

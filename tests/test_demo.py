@@ -1,6 +1,7 @@
 """``gosse demo``: the demo app in-process, and the command as a subprocess
 (Werkzeug by default, ``--gunicorn``) exercised over HTTP."""
 import datetime
+import json
 import os
 import queue
 import re
@@ -15,7 +16,8 @@ import pytest
 import requests
 
 from gosse import Broker
-from gosse.demo import CLOCK_EVENT, MAX_BODY_BYTES, create_app
+from gosse.demo import (CHAT_EVENT, CLOCK_EVENT, JOB_EVENT, JOBS_TOPIC, MAX_BODY_BYTES,
+                        MAX_RUNNING_JOBS, create_app)
 from servers import ROOT, SSEReader, free_port, wait_for_port, werkzeug_server
 
 START_TIMEOUT = 20.0
@@ -142,7 +144,7 @@ def test_app_routes(app_url):
     assert page.headers["Content-Type"] == "text/html; charset=utf-8"
     assert "script-src" not in page.headers["Content-Security-Policy"]  # default-src 'self'
     assert "'self'" in page.headers["Content-Security-Policy"]
-    assert '<ol id="events">' in page.text and 'src="static/demo.js"' in page.text
+    assert '<ol id="events"' in page.text and 'src="static/demo.js"' in page.text
     js = requests.get(url + "static/demo.js", timeout=5)
     assert js.status_code == 200 and "javascript" in js.headers["Content-Type"]
     assert "innerHTML" not in js.text  # event text goes in as textContent only
@@ -155,6 +157,18 @@ def test_app_routes(app_url):
     r = requests.get(url + "publish", timeout=5)
     assert r.status_code == 405 and r.headers["Allow"] == "POST"
     assert requests.post(url + "stats", timeout=5).status_code == 405
+    live = requests.get(url + "live", timeout=5)
+    assert live.status_code == 200 and live.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert '<ul id="jobs"' in live.text and 'src="static/live.js"' in live.text
+    assert live.headers["Content-Security-Policy"] == page.headers["Content-Security-Policy"]
+    for name in ("live.js", "common.js"):
+        js = requests.get(url + "static/" + name, timeout=5)
+        assert js.status_code == 200 and "innerHTML" not in js.text
+    r = requests.get(url + "chat", timeout=5)
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    r = requests.put(url + "jobs", timeout=5)
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD, POST"
+    assert requests.get(url + "jobs", timeout=5).json() == {"jobs": []}
     assert app.broker.stats()["sessions_total"] == 0
 
 
@@ -175,6 +189,112 @@ def test_app_publish_validation(app_url):
     assert r.status_code == 413
     r = requests.post(url + "publish", data={"data": ""}, timeout=5)
     assert r.status_code == 200 and r.json() == {"delivered": 0}
+
+
+def test_app_chat_broadcasts_to_every_stream(app_url):
+    _, url = app_url
+    with SSEReader(url + "sse") as plain, SSEReader(url + "sse?topic=jobs") as joined:
+        r = requests.post(url + "chat", json={"name": " ada ", "text": "hello <b>"},
+                          timeout=5)
+        assert r.status_code == 200 and r.json() == {"delivered": 2}
+        requests.post(url + "chat", data={"text": "from a form"}, timeout=5)
+        for reader in (plain, joined):
+            first = reader.next_event(lambda e: e.event == CHAT_EVENT)
+            msg = json.loads(first.data)
+            assert (msg["name"], msg["text"]) == ("ada", "hello <b>")
+            assert datetime.datetime.fromisoformat(msg["time"]).tzinfo is not None
+            assert first.id  # resumable like every demo event
+            second = json.loads(reader.next_event(lambda e: e.event == CHAT_EVENT).data)
+            assert (second["name"], second["text"]) == ("anonymous", "from a form")
+
+
+@pytest.mark.parametrize("body, status, says", [
+    ({"name": "ada"}, 400, '"text"'),
+    ({"text": "   "}, 400, '"text"'),
+    ({"text": 5}, 400, '"text"'),
+    ({"text": "hi", "name": ["x"]}, 400, '"name"'),
+    ({"text": "x" * 501}, 400, "at most 500"),
+    ({"text": "hi", "name": "n" * 41}, 400, "at most 40"),
+    (["text"], 400, "JSON object"),
+])
+def test_app_chat_validation(app_url, body, status, says):
+    _, url = app_url
+    r = requests.post(url + "chat", json=body, timeout=5)
+    assert r.status_code == status and says in r.text, r.text
+
+
+def job_events(reader, job, timeout=10.0):
+    """The job's events from ``reader`` up to and including its last one."""
+    got = []
+    while not got or got[-1]["state"] == "running":
+        e = reader.next_event(lambda e: e.event == JOB_EVENT
+                              and json.loads(e.data)["job"] == job, timeout)
+        got.append(json.loads(e.data))
+    return got
+
+
+def test_app_job_publishes_progress_on_its_topic():
+    app = create_app(clock_interval=0, job_interval=0.02)
+    with werkzeug_server(app) as url:
+        with SSEReader(url + "/sse?topic=" + JOBS_TOPIC) as joined, \
+                SSEReader(url + "/sse") as plain:
+            r = requests.post(url + "/jobs", data={"steps": "4"}, timeout=5)
+            assert r.status_code == 202
+            job = r.json()
+            assert job == {"job": job["job"], "done": 0, "total": 4, "state": "running",
+                           "topic": JOBS_TOPIC}
+            got = job_events(joined, job["job"])
+            assert [(e["done"], e["state"]) for e in got] == [
+                (0, "running"), (1, "running"), (2, "running"), (3, "running"),
+                (4, "done")]
+            assert all(e["total"] == 4 for e in got)
+            # A topic, not a broadcast: the stream that did not join saw none.
+            requests.post(url + "/publish", data={"data": "marker"}, timeout=5)
+            plain.next_event(lambda e: e.data == "marker")
+            assert not [e for e in plain.events if e.event == JOB_EVENT]
+            listed = requests.get(url + "/jobs", timeout=5).json()["jobs"]
+            assert listed == [{"job": job["job"], "done": 4, "total": 4, "state": "done"}]
+            r = requests.post(url + "/jobs", json={}, timeout=5)  # default: 20 steps
+            assert r.status_code == 202 and r.json()["total"] == 20
+        app.close()
+
+
+@pytest.mark.parametrize("steps", ["0", "101", "x", "2.5", True, 2.5, -1, [3]])
+def test_app_job_steps_validation(app_url, steps):
+    app, url = app_url
+    r = requests.post(url + "jobs", json={"steps": steps}, timeout=5)
+    assert r.status_code == 400 and '"steps"' in r.text, r.text
+    assert app.jobs() == []
+    with pytest.raises(ValueError):
+        app.start_job(0)
+
+
+def test_app_jobs_limit_and_close_stops_them():
+    app = create_app(clock_interval=0, job_interval=30)  # jobs that outlive the test
+    with werkzeug_server(app) as url:
+        for _ in range(MAX_RUNNING_JOBS):
+            assert requests.post(url + "/jobs", data={"steps": "3"},
+                                 timeout=5).status_code == 202
+        r = requests.post(url + "/jobs", timeout=5)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+        assert f"at most {MAX_RUNNING_JOBS}" in r.text
+        t0 = time.monotonic()
+        app.close()
+        assert time.monotonic() - t0 < 3
+        assert not any(t.name.startswith("gosse-demo-job-") for t in threading.enumerate())
+        assert {j["state"] for j in app.jobs()} == {"stopped"}
+        assert requests.post(url + "/jobs", timeout=5).status_code == 503
+
+
+@pytest.mark.parametrize("query", ["topic=", "topic=a%20b", "topic=" + "x" * 65,
+                                   "&".join(["topic=t"] * 9)])
+def test_app_sse_topic_validation(app_url, query):
+    app, url = app_url
+    # stream=True: were the stream opened instead, reading it would not end.
+    with requests.get(url + "sse?" + query, timeout=5, stream=True) as r:
+        assert r.status_code == 400
+        assert "topic" in r.text
+    assert app.broker.stats()["sessions_total"] == 0
 
 
 def test_app_close_ends_streams_and_clock(app_url):
@@ -306,6 +426,15 @@ def test_demo_gunicorn(start_demo):
         requests.post(d.url + "publish", json={"data": "via gunicorn"},
                       timeout=5).raise_for_status()
         assert reader.next_event(not_clock).data == "via gunicorn"
+        # The jobs page's parts work in the worker too: a job's thread
+        # publishes on its topic, to the stream that joined it.
+        assert requests.get(d.url + "live", timeout=5).status_code == 200
+        with SSEReader(d.url + "sse?topic=" + JOBS_TOPIC) as joined:
+            r = requests.post(d.url + "jobs", data={"steps": "2"}, timeout=5)
+            assert r.status_code == 202
+            got = job_events(joined, r.json()["job"])
+            assert [(e["done"], e["state"]) for e in got] == [
+                (0, "running"), (1, "running"), (2, "done")]
         t0 = time.monotonic()
         d.proc.send_signal(signal.SIGTERM)
         reader.read_until_eof(3)  # the worker hook ends the streams at once
