@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The deployment matrix (tests/test_deploy_matrix.py, marker "matrix"):
-# every server and proxy of the README's "Deploying" table, each checked
+# every server and proxy of the deployment table (docs/guides/gunicorn.rst), each checked
 # end to end.  About 3 minutes on 2 cores.
 #
 # Needs nginx (Debian's package) and the test extra (waitress, pyuwsgi,

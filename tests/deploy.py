@@ -1,10 +1,10 @@
 """The deployments of the matrix (tests/test_deploy_matrix.py) and of the
 deployment defect tests (tests/test_deploy_defects.py): each a real server
 process, or a proxy in front of one, on 127.0.0.1, serving
-tests/deploy_app.py as the README's "Deploying" section says to run it.
+tests/deploy_app.py as the deployment guide (docs/guides/gunicorn.rst) says to run it.
 
 A :class:`Deployment` starts with ``deployment.start(**env)`` (a context
-manager yielding a :class:`Running`) and says what the README promises for
+manager yielding a :class:`Running`) and says what the docs promise for
 it: whether the client sees chunked framing (a stream's clean end is its
 last chunk) or a close-delimited body, whether the connection is reused
 after a stream the server ended, how many streams a worker serves, and how
@@ -50,7 +50,7 @@ class Deployment:
         self.chunked = chunked        # HTTP/1.1 chunks to the client (clean end: the last chunk)
         self.reuse = reuse            # the connection carries a request after a server-ended stream
         self.per_worker = per_worker  # "many" streams per worker, or 1 (a stream holds the worker)
-        self.term_clean = term_clean  # SIGTERM by the README's recipe ends streams cleanly
+        self.term_clean = term_clean  # SIGTERM by the documented recipe ends streams cleanly
         self.term_rc = term_rc        # exit codes the server may have after SIGTERM
 
     @contextmanager
@@ -101,7 +101,7 @@ def _gunicorn_eventlet():
 
 
 def _process(command, recipe=True):
-    """A server started by ``command(port)``, with the README's SIGTERM recipe
+    """A server started by ``command(port)``, with the documented SIGTERM recipe
     (gosse.contrib.signals.close_on_sigterm, GOSSE_T_RECIPE=signal) if
     ``recipe``."""
     @contextmanager
@@ -157,7 +157,7 @@ def _runserver(port):
 
 
 # uWSGI's --die-on-term stops its workers at once: the streams are cut (see
-# README, "Deploying"); its body is close-delimited under --http-socket and
+# docs/guides/gunicorn.rst); its body is close-delimited under --http-socket and
 # --http, so no byte-level difference is visible: the test checks the events
 # that arrived are whole.
 DEPLOYMENTS = [

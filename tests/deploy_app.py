@@ -15,7 +15,7 @@ tests/defects_app.py (``/sse``, ``/burst``, ``/close/<client>``,
 Django (``gosse.contrib.django.sse_response``) and the rest as ``app``;
 ``DJANGO_SETTINGS_MODULE=deploy_app`` makes this module Django's settings
 (for ``runserver``).  ``GOSSE_T_RECIPE=signal`` installs
-:func:`gosse.contrib.signals.close_on_sigterm` (the README's recipe for
+:func:`gosse.contrib.signals.close_on_sigterm` (the documented recipe for
 servers without gunicorn's hooks).
 """
 import json

@@ -388,7 +388,7 @@ http {{
 }}
 """
 
-# What the README's "nginx in front" block adds to nginx's defaults.
+# What the deployment guide's nginx block adds to nginx's defaults.
 NGINX_HTTP11 = """\
             proxy_http_version 1.1;
             proxy_set_header Connection "";"""
@@ -398,7 +398,7 @@ NGINX_HTTP11 = """\
 def nginx_proxy(upstream_port, *, http11=True):
     """nginx (own config, pid, logs, temp dirs) ``proxy_pass`` to an HTTP
     server on ``upstream_port``, response buffering off.  ``http11``: the
-    README's block (HTTP/1.1 upstream, ``Connection ""``, upstream
+    documented block (HTTP/1.1 upstream, ``Connection ""``, upstream
     keepalive); otherwise nginx's default (HTTP/1.0, a connection per
     request).  Yield nginx's base URL."""
     import tempfile

@@ -1,6 +1,6 @@
 """The deployment defects of issue 14, each against the real server or
 proxy (tests/deploy.py; the app is tests/deploy_app.py).  They back the
-README's "Deploying" section: where the defect was in the code, the test
+the deployment guide's (docs/guides/gunicorn.rst): where the defect was in the code, the test
 failed before the fix; where it was in the docs, the test checks what the
 docs now say.  (The whole matrix is tests/test_deploy_matrix.py.)
 """
@@ -85,7 +85,7 @@ def test_waitress_notices_a_departed_client_within_a_second():
 
 @pytest.mark.parametrize("threads, answered", [(4, False), (8, True)])
 def test_waitress_threads_must_exceed_the_streams(threads, answered):
-    """The README's sizing: each stream holds a waitress thread.  4 streams
+    """The documented sizing: each stream holds a waitress thread.  4 streams
     with waitress's default ``threads=4``: no other request is answered;
     with ``threads=8`` (streams + 4) it is."""
     require_waitress()
@@ -111,7 +111,7 @@ def test_waitress_threads_must_exceed_the_streams(threads, answered):
 
 def test_waitress_old_send_bytes_holds_events_back():
     """``send_bytes=18000`` (waitress's default before 1.4): small events
-    sit in waitress's buffer; the README says to leave it at 1."""
+    sit in waitress's buffer; the deployment guide says to leave it at 1."""
     require_waitress()
     port = free_port()
     command = waitress_command("deploy_app:app", port, extra=["--send-bytes=18000"])
@@ -163,7 +163,7 @@ def test_uwsgi_sigterm_stops_only_with_die_on_term(die_on_term):
 @pytest.mark.parametrize("name, protocol, direct", [
     ("nginx-http11-gunicorn", "HTTP/1.1", 1), ("nginx-http10-gunicorn", "HTTP/1.0", 0)])
 def test_nginx_upstream_protocol_and_the_fast_path(name, protocol, direct):
-    """With the README's block gunicorn sees HTTP/1.1 and the stream takes
+    """With the documented block gunicorn sees HTTP/1.1 and the stream takes
     the writer (``sessions_direct``); with nginx's default 1.0 it streams,
     without the fast path."""
     with BY_NAME[name].start() as running:
@@ -300,7 +300,7 @@ def test_uwsgi_example_ini_serves_streams():
         assert proc.wait(10) == 0
 
 
-# -- the "Known limits" column of the README's table --------------------------------------
+# -- the "Known limits" column of the deployment table --------------------------------------
 
 def test_gevent_exit_waits_for_a_client_that_keeps_its_connection():
     """gevent: after the streams ended cleanly, a client that keeps the

@@ -1,4 +1,4 @@
-"""The deployment matrix (issue 14): every server and proxy of the README's
+"""The deployment matrix (issue 14): every server and proxy of the deployment guide's
 "Deploying" table (tests/deploy.py), a real process on 127.0.0.1, checked
 with real clients: a raw socket with a strict chunk decoder
 (tests/rawhttp.py), the gosse client, and sseclient-py.
@@ -7,7 +7,7 @@ Each deployment is checked for: first bytes within 1 s of connecting; an
 event within 200 ms of publish; 200 multi-line non-ASCII events exact, in
 order, once; a departed client noticed within two heartbeats; 200
 connect/disconnect cycles leaving no thread, fd or session; SIGTERM ending
-the streams by the README's recipe; and a request after a server-ended
+the streams by the documented recipe; and a request after a server-ended
 stream on the same connection, byte-correct (where the server keeps it).
 
 Marked ``matrix`` (deselected by default; ``.ci/matrix.sh`` runs it):
@@ -101,7 +101,7 @@ def test_event_within_200ms_of_publish(deployed):
     deployment, running = deployed
     if deployment.per_worker == 1:
         pytest.skip("the stream holds the only worker: nothing else can publish to it "
-                    "(README: the sync worker serves one stream per worker)")
+                    "(docs: the sync worker serves one stream per worker)")
     url = running.url
     with RawStream(url, "/sse?client=latency", timeout=5) as s:
         first_bytes(s)

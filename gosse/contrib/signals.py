@@ -17,7 +17,7 @@ returns at once: waitress's main thread is the one that writes every
 response, so it must keep running while the streams end.
 
 (gunicorn: use :mod:`gosse.contrib.gunicorn` instead.  uWSGI kills its
-workers on ``SIGTERM`` with ``--die-on-term``; see the README.)
+workers on ``SIGTERM`` with ``--die-on-term``; see docs/guides/gunicorn.rst.)
 """
 from __future__ import annotations
 
