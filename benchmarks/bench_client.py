@@ -181,7 +181,7 @@ def _timed(it, m):
     n = 1
     last = first
     if n < m:
-        for last in it:
+        for last in it:  # noqa: B007 - the item the loop stops at is returned
             n += 1
             if n == m:
                 break
@@ -218,6 +218,7 @@ def worker_httpx_sse(url, m):
 
 def worker_sseclient(url, m):
     import logging
+
     import requests
     import sseclient
     logging.getLogger("sseclient").setLevel(logging.WARNING)

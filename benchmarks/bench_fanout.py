@@ -151,7 +151,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
 from array import array
 from collections import Counter
 from itertools import repeat
@@ -1257,8 +1256,8 @@ def summarize_perf(path, top=25):
         if line.strip() and not line.startswith("#"):
             print("  " + line.strip())
     print("\nby symbol (self):")
-    lines = [l for l in report("--no-children", "--sort", "dso,sym").splitlines()
-             if l.strip() and not l.startswith("#")]
+    lines = [ln for ln in report("--no-children", "--sort", "dso,sym").splitlines()
+             if ln.strip() and not ln.startswith("#")]
     for line in lines[:top]:
         print("  " + line.strip())
     print("\ninclusive (children), selected:")

@@ -195,6 +195,7 @@ def run_httpx_sse_decoders(chunks, verify=False):
 
 def run_sseclient(chunks, verify=False):
     import logging
+
     import sseclient
     # sseclient logs every event at DEBUG level; make sure that is as cheap as
     # it is in an application with default logging (WARNING).
@@ -333,7 +334,7 @@ def bench_workload(label, stream, n_events, contenders, rounds, out, min_time=0.
 
     wall = {name: [] for name, _ in contenders}
     cpu = {name: [] for name, _ in contenders}
-    for r in range(rounds):
+    for _round in range(rounds):
         for name, fn in contenders:  # A B C D E in every round
             gc.collect()
             c0 = time.process_time()

@@ -47,9 +47,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_seconds, free_port, wait_port  # noqa: E402
 from array import array
 from urllib.parse import parse_qs
+
+from common import cpu_seconds, free_port, wait_port  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -399,7 +400,7 @@ def main():
         lat, blat = r["latency"], r["burst_latency"]
         print(f"| {r['name']}, {r['workers']} worker{'s' if r['workers'] > 1 else ''} "
               f"| {r['ready']} ({'/'.join(map(str, r['per_worker']))}) "
-              f"| {'yes' if once else 'NO: %d of %d' % (r['received'], r['expected'])} "
+              f"| {'yes' if once else 'NO: {} of {}'.format(r['received'], r['expected'])} "
               f"| {rate:,.0f} "
               f"| {lat['p50']:.2f} / {lat['p99']:.2f} "
               f"| {blat['p50']:.1f} / {blat['p99']:.1f} "

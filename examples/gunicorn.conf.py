@@ -15,8 +15,7 @@ The hooks imported from gosse.contrib.gunicorn end every stream as soon as a
 worker is told to stop (SIGTERM: deploys, restarts), so clients reconnect
 at once instead of being cut after graceful_timeout.
 """
-from gosse.contrib.gunicorn import (post_worker_init, worker_abort,  # noqa: F401
-                                    worker_exit, worker_int)
+from gosse.contrib.gunicorn import post_worker_init, worker_abort, worker_exit, worker_int  # noqa: F401
 
 worker_class = "gthread"
 workers = 1

@@ -1,13 +1,26 @@
 """gosse: Server-Sent Events for synchronous, thread-based Python."""
-from .errors import (BackplaneError, BrokerClosedError, ConnectHookError, EventError,
-                     EventStreamError, FeedClosedError,
-                     FeedConnectionError, FeedError, ResponseError,
-                     SSEError, StreamingUnsupportedError, UnknownClientError,
-                     EventDataError, FeedShutDown, InvalidURLError, SubscriptionStalledError)
 from .broker import Broker, ClientConnection, Refusal
 from .client import SSEFeed, Subscription, connect_with_sse_feed
-from .oneshot import EventStream, iter_events, stream
+from .errors import (
+    BackplaneError,
+    BrokerClosedError,
+    ConnectHookError,
+    EventDataError,
+    EventError,
+    EventStreamError,
+    FeedClosedError,
+    FeedConnectionError,
+    FeedError,
+    FeedShutDown,
+    InvalidURLError,
+    ResponseError,
+    SSEError,
+    StreamingUnsupportedError,
+    SubscriptionStalledError,
+    UnknownClientError,
+)
 from .event import Event, JSONEvent
+from .oneshot import EventStream, iter_events, stream
 from .parser import EventStreamParser
 
 __version__ = "0.2.0"

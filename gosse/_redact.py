@@ -9,8 +9,8 @@ quote the URL), with ``***``.
 from __future__ import annotations
 
 import re
-from typing import List
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from typing import Callable, List
+from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
 # Query parameters whose value is taken for a secret (compared in lower case,
 # "-" as "_"): exact names, and names ending with one of the suffixes.
@@ -60,7 +60,7 @@ class Redactor:
         self.safe_url = self._masked(parts)
 
     @staticmethod
-    def _masked(parts) -> str:  # type: ignore[no-untyped-def]
+    def _masked(parts: SplitResult) -> str:
         """The URL with its password and secret query values masked, built
         piece by piece (a text substitution would also mask a short secret
         where it happens to occur elsewhere in the URL)."""
@@ -90,12 +90,13 @@ class Redactor:
         pattern = getattr(self, "_pattern", None)
         if pattern is None or not pattern.search(text):
             return exc
+        # Any signature: a constructor that refuses these arguments is caught.
+        make: Callable[..., BaseException] = type(exc)
         try:
             if hasattr(exc, "request") and hasattr(exc, "response"):   # requests' errors
-                clean = type(exc)(self(text), request=getattr(exc, "request"),
-                                  response=getattr(exc, "response"))
+                clean = make(self(text), request=exc.request, response=exc.response)
             else:
-                clean = type(exc)(self(text))
+                clean = make(self(text))
         except Exception:  # noqa: BLE001 - an exception type with another signature
             clean = RuntimeError(f"{type(exc).__name__}: {self(text)}")
         clean.__suppress_context__ = True

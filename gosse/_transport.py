@@ -26,7 +26,7 @@ from __future__ import annotations
 import http.client
 import re
 import socket
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import urllib3
 
@@ -39,7 +39,8 @@ def _version(text: str) -> Tuple[int, int]:
         return (0, 0)
 
 
-URLLIB3_VERSION = _version(urllib3.__version__)
+# (urllib3 does not list __version__ in its exports, but every release has it.)
+URLLIB3_VERSION = _version(urllib3.__version__)  # type: ignore[attr-defined]
 #: The urllib3 lines whose private attributes this module knows.
 FAST_PATH = (1, 26) <= URLLIB3_VERSION < (3, 0)
 
@@ -135,7 +136,7 @@ def body_reader(raw: Any) -> Tuple[str, Callable[[], bytes]]:
     return "public-stream", lambda: _next_nonempty(pieces)
 
 
-def _next_nonempty(pieces: Any) -> bytes:
+def _next_nonempty(pieces: Iterator[bytes]) -> bytes:
     for piece in pieces:
         if piece:
             return piece
@@ -154,7 +155,7 @@ def _legacy_decoder(raw: Any, fp: http.client.HTTPResponse) -> Callable[[], byte
             decoder = raw._decoder
             if decoder is None:
                 return data
-            decoded = raw._decode(data, True, not data)
+            decoded: bytes = raw._decode(data, True, not data)
             if decoded or not data:
                 return decoded
     return read

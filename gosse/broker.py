@@ -32,17 +32,23 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping as _MappingABC
-from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple,
-                    Union)
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
 from urllib.parse import parse_qs
 
 from .backplane import Backplane, InProcessBackplane
+from .body import SessionStream
 from .errors import BrokerClosedError, ConnectHookError, SSEError, UnknownClientError
 from .event import Event, encode_comment
-from .registry import History, Registry, Target
-from .session import (ENDED_BY_APP, ENDED_BY_BROKER, ENDED_BY_CLIENT, ENDED_NOT_SERVED,
-                      ENDED_SLOW, Mailbox, Session)
-from .body import SessionStream
+from .registry import History, Registry
+from .session import (
+    ENDED_BY_APP,
+    ENDED_BY_BROKER,
+    ENDED_BY_CLIENT,
+    ENDED_NOT_SERVED,
+    ENDED_SLOW,
+    Mailbox,
+    Session,
+)
 from .writer import SocketWriter, frame_chunk
 
 __all__ = ["Broker", "ClientConnection", "Refusal", "RESET_EVENT", "live_brokers"]
@@ -52,10 +58,10 @@ log = logging.getLogger("gosse.broker")
 # Every Broker of this process that is not closed yet, so that a server hook
 # (gosse.contrib.gunicorn) can end all streams when the process is told to
 # stop.  Weak: registering keeps no broker alive.
-_live: "weakref.WeakSet[Broker]" = weakref.WeakSet()
+_live: weakref.WeakSet[Broker] = weakref.WeakSet()
 
 
-def live_brokers() -> List["Broker"]:
+def live_brokers() -> List[Broker]:
     """The brokers of this process that are not closed (in creation order
     is not guaranteed).  A process forked from one that had brokers (a
     gunicorn worker of an app loaded with ``--preload``) has their copies."""
@@ -101,7 +107,7 @@ MAX_ALLOWANCE = 120.0
 JANITOR_INTERVAL = 0.5
 #: Headers as ``{name: value}`` or ``[(name, value), ...]``.
 HeaderItems = Union[Mapping[str, str], Iterable[Tuple[str, str]]]
-ConnectHook = Callable[[dict], Optional[tuple]]
+ConnectHook = Callable[[Dict[str, Any]], Optional[Tuple[Any, ...]]]
 
 
 class Refusal:
@@ -124,7 +130,7 @@ class Refusal:
         self.message = message
         self.headers = _header_items(headers, refused=_REFUSAL_FIXED, mapping_only=False)
 
-    def __call__(self, environ: dict, start_response: Callable) -> List[bytes]:
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> List[bytes]:
         body = (self.message.rstrip("\n") + "\n").encode("utf-8")
         start_response(self.status, [("Content-Type", "text/plain; charset=utf-8"),
                                      ("Content-Length", str(len(body)))] + self.headers)
@@ -148,7 +154,7 @@ class ClientConnection:
     __slots__ = ("_broker", "session", "_stream", "_stream_ref", "id", "session_id",
                  "topics", "_headers", "_called", "__weakref__")
 
-    def __init__(self, broker: "Broker", session: Session, stream: SessionStream,
+    def __init__(self, broker: Broker, session: Session, stream: SessionStream,
                  headers: List[Tuple[str, str]]):
         self._broker = broker
         self.session = session
@@ -158,14 +164,14 @@ class ClientConnection:
         # cycle, so a response that nobody serves is freed at once and the
         # broker, which holds connections weakly, learns it (see Broker).
         self._stream: Optional[SessionStream] = stream
-        self._stream_ref: Optional["weakref.ref[SessionStream]"] = None
+        self._stream_ref: Optional[weakref.ref[SessionStream]] = None
         self.id = session.client_id
         self.session_id = session.session_id
         self.topics = session.topics
         self._headers = headers
         self._called = False
 
-    def __call__(self, environ: dict, start_response: Callable) -> Any:
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if self._called:
             raise SSEError("a ClientConnection serves one response; call Broker.connect again")
         self._called = True
@@ -326,7 +332,7 @@ class Broker:
         self._registry = Registry()
         # Weak: a connection that nobody serves or holds any more is freed,
         # and its session marked abandoned for the janitor (registry lock).
-        self._conns: Dict[Session, "weakref.ref[ClientConnection]"] = {}
+        self._conns: Dict[Session, weakref.ref[ClientConnection]] = {}
         self._metadata: Dict[str, Any] = {}
         self._history: Optional[History] = History(history) if history else None
         # Auto ids are "<epoch>-<n>": a new epoch per broker, so that an id of
@@ -347,7 +353,7 @@ class Broker:
             raise TypeError("backplane must be a gosse.backplane.Backplane "
                             f"(e.g. RedisBackplane), not {type(backplane).__name__}")
         backplane.bind(self)
-        self._backplane = backplane
+        self._backplane: Backplane = backplane
         self._shared = bool(backplane.shared)
         if self._shared:
             self._history = None   # the backplane keeps the history
@@ -360,7 +366,7 @@ class Broker:
 
     # -- sessions ----------------------------------------------------------
 
-    def connect(self, client_id: str, environ: dict, *,
+    def connect(self, client_id: str, environ: Dict[str, Any], *,
                 heartbeat_interval: Optional[float] = None,
                 topics: Iterable[str] = ()) -> Union[ClientConnection, Refusal]:
         """Open a new session of ``client_id`` for this request.
@@ -413,9 +419,9 @@ class Broker:
         with self._lock:
             if self._closed:
                 raise BrokerClosedError("the broker is closed; it accepts no new streams")
-            refusal = self._over_limit(client_id)
-            if refusal is not None:
-                return refusal
+            over = self._over_limit(client_id)
+            if over is not None:
+                return over
             first = self._registry.add(session)
             self._counts["sessions_total"] += 1
             self._conns[session] = weakref.ref(conn, session.abandon)
@@ -615,7 +621,7 @@ class Broker:
                 else:
                     recipients = self._registry.recipients(kind, name)
                     if kind == "client" and not recipients:
-                        raise UnknownClientError(name)
+                        raise UnknownClientError(cast(str, name))   # "client" has a name
                 if auto:
                     self._next_id += 1
                     event_id = f"{self._epoch}-{self._next_id}"
@@ -824,7 +830,7 @@ class Broker:
                 s.done.wait(max(0.0, deadline + 1.0 - time.monotonic()))
         self._backplane.close()
 
-    def __enter__(self) -> "Broker":
+    def __enter__(self) -> Broker:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -969,11 +975,11 @@ def _hook_refusal(result: Any) -> Refusal:
         raise ConnectHookError(f"on_connect returned an invalid refusal: {exc}") from exc
 
 
-def _last_event_id(environ: dict) -> Optional[str]:
+def _last_event_id(environ: Dict[str, Any]) -> Optional[str]:
     """The Last-Event-ID of the request (header, else ``lastEventId`` query
     parameter), or None.  WSGI gives header values as latin-1 decoded
     strings; the id was sent as UTF-8."""
-    value = environ.get("HTTP_LAST_EVENT_ID")
+    value: Optional[str] = environ.get("HTTP_LAST_EVENT_ID")
     if value is None:
         query = environ.get("QUERY_STRING", "")
         if "lastEventId" in query:

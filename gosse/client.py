@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union, cast
 
 import requests
 import urllib3
@@ -37,9 +37,17 @@ from requests.structures import CaseInsensitiveDict
 
 from . import _transport
 from ._redact import Redactor
-from .errors import (EventStreamError, FeedClosedError, FeedConnectionError, FeedError,
-                     FeedShutDown, InvalidURLError, ResponseError, SSEError,
-                     SubscriptionStalledError)
+from .errors import (
+    EventStreamError,
+    FeedClosedError,
+    FeedConnectionError,
+    FeedError,
+    FeedShutDown,
+    InvalidURLError,
+    ResponseError,
+    SSEError,
+    SubscriptionStalledError,
+)
 from .event import Event
 from .parser import DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_BYTES, EventStreamParser
 
@@ -94,7 +102,7 @@ def connect_with_sse_feed(
     max_backoff: float = 30.0,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_event_size: Optional[int] = DEFAULT_MAX_EVENT_SIZE,
-) -> "SSEFeed":
+) -> SSEFeed:
     """Connect to the event stream at ``url`` and return the running
     :class:`SSEFeed` (Go: ``ConnectWithSSEFeed``).
 
@@ -207,7 +215,7 @@ def request_timeouts(timeout: Any, connect_timeout: Optional[float],
     return timeout, timeout
 
 
-def session_tls_kwargs(session: requests.Session) -> dict:
+def session_tls_kwargs(session: requests.Session) -> Dict[str, Any]:
     """``verify`` / ``cert`` passed per request: requests lets the environment
     (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) win over the session's own
     settings unless the request names them."""
@@ -284,7 +292,7 @@ def _read_error_body(response: requests.Response) -> str:
     _transport.discard_connection(raw)
     # requests keeps a read body in _content: .text / .json() then use it.
     response._content = data
-    response._content_consumed = True
+    response._content_consumed = True  # type: ignore[attr-defined]  # private, not in the stubs
     try:
         return response.text
     except Exception:  # noqa: BLE001 - an unknown charset
@@ -307,8 +315,8 @@ def retry_after(value: Optional[str]) -> Optional[float]:
     return max(0.0, when.timestamp() - time.time())
 
 
-def base_headers(extra: Headers, last_event_id: str) -> CaseInsensitiveDict:
-    headers: CaseInsensitiveDict = CaseInsensitiveDict(
+def base_headers(extra: Headers, last_event_id: str) -> CaseInsensitiveDict[Union[str, bytes]]:
+    headers: CaseInsensitiveDict[Union[str, bytes]] = CaseInsensitiveDict(
         {"Accept": "text/event-stream", "Cache-Control": "no-cache"})
     more = extra() if callable(extra) else extra
     if more:
@@ -323,7 +331,7 @@ def base_headers(extra: Headers, last_event_id: str) -> CaseInsensitiveDict:
 
 # -- subscriptions ---------------------------------------------------------------
 
-class _FeedQueue(queue.Queue):
+class _FeedQueue(queue.Queue[Event]):
     """``sub.feed``: a bounded :class:`queue.Queue` of events whose ``get()``
     raises :class:`~gosse.errors.FeedShutDown` once the subscription has ended
     and the queue is drained (like ``Queue.shutdown()`` of Python 3.13).
@@ -336,7 +344,7 @@ class _FeedQueue(queue.Queue):
 
     def __init__(self, maxsize: int):
         super().__init__(maxsize)
-        self.mutex = threading.RLock()
+        self.mutex = threading.RLock()  # type: ignore[assignment]  # on purpose, see above
         self.not_empty = threading.Condition(self.mutex)
         self.not_full = threading.Condition(self.mutex)
         self.all_tasks_done = threading.Condition(self.mutex)
@@ -361,7 +369,7 @@ class _FeedQueue(queue.Queue):
                     if remaining <= 0:
                         raise queue.Empty
                     self.not_empty.wait(remaining)
-            item = self.queue.popleft()
+            item: Event = self.queue.popleft()
             if self.writer_waiting:
                 self.not_full.notify()
             return item
@@ -394,14 +402,15 @@ class Subscription:
     Holding a subscription keeps its feed alive.
     """
 
-    def __init__(self, parent: "SSEFeed", event_type: Optional[str], queue_size: int):
+    def __init__(self, parent: SSEFeed, event_type: Optional[str], queue_size: int):
         self._parent = parent
         #: The event type this subscription receives (``None``: every event).
         self.event_type = event_type
+        # (Typed as the documented Queue; the methods cast it to _FeedQueue.)
         #: Queue of the received :class:`~gosse.Event` objects.
-        self.feed: "queue.Queue[Event]" = _FeedQueue(queue_size)
+        self.feed: queue.Queue[Event] = _FeedQueue(queue_size)
         #: Queue that receives the error that ended the feed, if one did.
-        self.err_feed: "queue.Queue[SSEError]" = queue.Queue()
+        self.err_feed: queue.Queue[SSEError] = queue.Queue()
         #: Set once the subscription has ended (closed, or the feed ended).
         self.done = threading.Event()
         # Written by close() (any thread) and read by the reader; plain flags.
@@ -411,7 +420,7 @@ class Subscription:
     @property
     def closed(self) -> bool:
         """True once no more events will be added (closed, or the feed ended)."""
-        return self._closed or self.feed.ended
+        return self._closed or cast(_FeedQueue, self.feed).ended
 
     def get(self, timeout: Optional[float] = None) -> Event:
         """Return the next event, waiting up to ``timeout`` seconds (``None``:
@@ -434,7 +443,7 @@ class Subscription:
         # sets writer_waiting before it looks for room (so a consumer that
         # makes room sees it), and the queue's task count is settled in
         # batches (and when the loop ends).
-        q = self.feed
+        q = cast(_FeedQueue, self.feed)
         items = q.queue
         popleft = items.popleft
         taken = 0
@@ -476,7 +485,7 @@ class Subscription:
 
     def _take(self, timeout: Optional[float]) -> Optional[Event]:
         """The next event, counted as done; ``None`` at the (quiet) end."""
-        q = self.feed
+        q = cast(_FeedQueue, self.feed)
         items = q.queue
         deadline = None
         with q.mutex:
@@ -485,7 +494,7 @@ class Subscription:
                     return None
                 if items:
                     try:
-                        event = items.popleft()
+                        event: Event = items.popleft()
                     except IndexError:   # emptied by a close() in a signal handler
                         continue
                     q.unfinished_tasks -= 1
@@ -518,7 +527,7 @@ class Subscription:
 
     def _end(self, error: Optional[SSEError]) -> None:
         """End this subscription (reader thread, or close()): no more events."""
-        q = self.feed
+        q = cast(_FeedQueue, self.feed)
         with q.mutex:
             if error is not None and not self._closed and self._error is None:
                 self._error = error
@@ -539,11 +548,11 @@ class Subscription:
             q.not_empty.notify_all()
             q.not_full.notify_all()
 
-    def _offer(self, events: List[Event], core: "_FeedCore") -> bool:
+    def _offer(self, events: List[Event], core: _FeedCore) -> bool:
         """Queue ``events``; while the queue is full, wait (the back-pressure)
         until there is room or a close.  False if the queue stayed full for
         longer than the feed's stall_timeout (nothing more was queued)."""
-        q = self.feed
+        q = cast(_FeedQueue, self.feed)
         items = q.queue
         stall_timeout = core.stall_timeout
         done = 0
@@ -579,7 +588,7 @@ class Subscription:
                 done += len(batch)
         return True
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -629,7 +638,9 @@ class SSEFeed:
         #: Set while a connection to the server is open.
         self.connected = self._core.connected
         finalizer = weakref.finalize(self, self._core.abandon)
-        finalizer.atexit = False
+        # typeshed's finalize declares empty __slots__ but atexit is a
+        # writable attribute at run time.
+        finalizer.atexit = False  # type: ignore[misc]
 
     @property
     def last_event_id(self) -> str:
@@ -693,7 +704,7 @@ class SSEFeed:
         """
         self._core.close(join=True)
 
-    def __enter__(self) -> "SSEFeed":
+    def __enter__(self) -> SSEFeed:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -777,12 +788,12 @@ class _FeedCore:
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)   # subscriber, close, delays
-        self._subs: Tuple["weakref.ref[Subscription]", ...] = ()
+        self._subs: Tuple[weakref.ref[Subscription], ...] = ()
         self._has_subscriber = False
         self.closing = False     # set by close() and when the feed ends
         self.error: Optional[SSEError] = None
         self._response: Optional[requests.Response] = None
-        self.response: Any = None    # the last 200 response
+        self.response: requests.Response  # the last 200 response: set by _attach below
         self._sock: Optional[socket.socket] = None
 
         try:
@@ -810,7 +821,7 @@ class _FeedCore:
             self._has_subscriber = True
             self._wake.notify_all()
 
-    def _prune(self, ref: "weakref.ref[Subscription]") -> None:
+    def _prune(self, ref: weakref.ref[Subscription]) -> None:
         with self._lock:
             self._subs = tuple(r for r in self._subs if r is not ref)
 

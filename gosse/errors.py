@@ -8,7 +8,10 @@ both, so ``except ValueError`` keeps working.
 from __future__ import annotations
 
 import queue
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
+
+if TYPE_CHECKING:
+    from .event import Event
 
 __all__ = [
     "SSEError",
@@ -46,7 +49,7 @@ class EventStreamError(SSEError):
     parser that raised it should be discarded.
     ``events`` holds the events the same chunk completed before the error."""
 
-    events: list = []
+    events: List[Event] = []
 
 
 class StreamingUnsupportedError(SSEError):

@@ -7,7 +7,7 @@ sessions encodes once.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import EventDataError, EventError
 
@@ -29,7 +29,7 @@ def _one_line(value: str, what: str, strip_nul: bool = False) -> str:
     return value
 
 
-def _split_lines(text: str) -> list:
+def _split_lines(text: str) -> List[str]:
     """Split on CRLF, CR and LF only (``str.splitlines`` also splits on VT, FF,
     NEL, U+2028 and others, which are ordinary characters in an event stream)."""
     if "\r" in text:
@@ -91,7 +91,7 @@ class Event:
         self._event = event
         self._id = id
         self._retry = retry
-        self._wire = None
+        self._wire: Optional[bytes] = None
 
     @property
     def data(self) -> Optional[str]:
@@ -138,18 +138,19 @@ class Event:
         :class:`~gosse.errors.EventDataError` (a ``ValueError``) if it is not
         JSON, e.g. an LLM stream's final ``data: [DONE]``."""
         try:
-            return json.loads(self._data, **loads_kwargs)
+            # None (no data) raises the TypeError reported below.
+            return json.loads(self._data, **loads_kwargs)  # type: ignore[arg-type]
         except (TypeError, ValueError) as exc:
             shown = self._data if self._data is None or len(self._data) <= 60 \
                 else self._data[:60] + "..."
             raise EventDataError(f"the data of event {self._event!r} is not JSON "
                                  f"({exc}): {shown!r}") from exc
 
-    def replace(self, **changes: Any) -> "Event":
+    def replace(self, **changes: Any) -> Event:
         """A copy of this event with some fields changed:
         ``evt.replace(id="8")``."""
-        fields = {"data": self._data, "event": self._event, "id": self._id,
-                  "retry": self._retry}
+        fields: Dict[str, Any] = {"data": self._data, "event": self._event, "id": self._id,
+                                  "retry": self._retry}
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"Event has no field(s) {', '.join(sorted(unknown))}")
@@ -173,15 +174,15 @@ class Event:
                 fields.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(fields)})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (Event, (self._data, self._event, self._id, self._retry))
 
 
 def _decoded_event(data: str, event: str, id: str, retry: Optional[int],
-                   _new=object.__new__) -> Event:
+                   _new: Callable[[type], Any] = object.__new__) -> Event:
     """Build an event from parsed fields without re-validating them (the parser
     cannot produce CR, LF or NUL in ``event`` or ``id``)."""
-    e = _new(Event)
+    e: Event = _new(Event)
     e._data = data
     e._event = event
     e._id = id
@@ -224,7 +225,7 @@ class JSONEvent(Event):
         """The object given as ``data``, before serialisation."""
         return self._value
 
-    def replace(self, **changes: Any) -> "JSONEvent":
+    def replace(self, **changes: Any) -> JSONEvent:
         """A copy with some fields changed; ``data`` is again an object to
         serialise: ``evt.replace(data={"progress": 50})``."""
         fields = {"data": self._value, "event": self._event, "id": self._id,
@@ -243,7 +244,7 @@ class JSONEvent(Event):
                 fields.append(f"{name}={value!r}")
         return f"JSONEvent({', '.join(fields)})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (JSONEvent, (self._value, self._event, self._id, self._retry))
 
 

@@ -28,8 +28,16 @@ import requests
 
 from . import _transport
 from ._redact import Redactor
-from .client import (_READ_ERRORS, _UNSET, Headers, base_headers, check_response, check_url,
-                     open_stream, request_timeouts)
+from .client import (
+    _READ_ERRORS,
+    _UNSET,
+    Headers,
+    base_headers,
+    check_response,
+    check_url,
+    open_stream,
+    request_timeouts,
+)
 from .errors import EventStreamError, FeedConnectionError
 from .event import Event
 from .parser import DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_BYTES, EventStreamParser
@@ -42,7 +50,7 @@ def stream(url: str, *, method: str = "GET", headers: Headers = None, data: Any 
            connect_timeout: Optional[float] = 10.0, read_timeout: Optional[float] = None,
            timeout: Any = _UNSET, last_event_id: str = "",
            max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-           max_event_size: Optional[int] = DEFAULT_MAX_EVENT_SIZE) -> "EventStream":
+           max_event_size: Optional[int] = DEFAULT_MAX_EVENT_SIZE) -> EventStream:
     """Make one request and return an :class:`EventStream` over its events.
 
     Raises, before returning, what :func:`~gosse.connect_with_sse_feed` raises
@@ -61,7 +69,7 @@ def stream(url: str, *, method: str = "GET", headers: Headers = None, data: Any 
     EventStreamParser(max_line_bytes, max_event_size=max_event_size)   # checks the bounds
     redact = Redactor(url)
     own = session is None
-    session = requests.Session() if own else session
+    session = requests.Session() if session is None else session
     try:
         response = open_stream(session, method, url, base_headers(headers, last_event_id),
                                data, json, timeouts, redact)
@@ -123,7 +131,8 @@ class EventStream:
             raise RuntimeError("an EventStream can be iterated only once")
         self._started = True
         response = self.response
-        if response._content_consumed:  # read already (stream=False): parse the bytes
+        # requests' private flag (not in its stubs): read already (stream=False)?
+        if response._content_consumed:  # type: ignore[attr-defined]
             reads = iter([response.content, b""])
             read = reads.__next__
         else:
@@ -156,7 +165,7 @@ class EventStream:
             self._session.close()
             self._session = None
 
-    def __enter__(self) -> "EventStream":
+    def __enter__(self) -> EventStream:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

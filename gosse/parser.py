@@ -13,8 +13,8 @@ decode, replace, split, partition); the Python loop runs once per line.
 """
 from __future__ import annotations
 
-import sys
 import re
+import sys
 from itertools import islice, repeat
 from typing import Iterable, List, Optional, Tuple, Union
 
@@ -81,7 +81,7 @@ class EventStreamParser:
         self._event_limit = sys.maxsize if max_event_size is None else max_event_size
         self.last_event_id = last_event_id
         self.retry: Optional[int] = None
-        self._pending: List[bytes] = []  # bytes of the unfinished last line
+        self._pending: List[Union[bytes, memoryview]] = []  # the unfinished last line
         self._pending_len = 0
         self._skip_lf = False    # the previous chunk ended with CR
         self._check_bom = True   # nothing has been seen yet
@@ -183,7 +183,7 @@ class EventStreamParser:
     def _fields(self, tokens: Iterable[Tuple[str, str, str, str]]) -> List[Event]:
         """Process lines given as tokens of ``_TOKENS``: a whole common event
         in its first three items, or one line in the last."""
-        events = []
+        events: List[Event] = []
         data = self._data
         counted = len(data)  # data lines whose size _data_size already holds
         limit = self._event_limit

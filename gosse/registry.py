@@ -43,7 +43,7 @@ class Registry:
         cid = session.client_id
         found = self.clients.get(cid)
         first = found is None
-        if first:
+        if found is None:
             found = self.clients[cid] = {}
         found[session.session_id] = session
         for topic in session.topics:

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Deque, FrozenSet, Iterable, List, Optional, Tuple
 
 __all__ = ["Session", "Mailbox", "ENDED_BY_CLIENT", "ENDED_BY_APP", "ENDED_BY_BROKER",
            "ENDED_SLOW", "ENDED_BY_AGE", "ENDED_NOT_SERVED"]
@@ -31,7 +31,7 @@ ENDED_SLOW = "slow reader"         # the session's queue overflowed (events or b
 ENDED_BY_AGE = "max age"           # max_connection_age reached
 ENDED_NOT_SERVED = "not served"    # no server began sending the response in time
 
-_RETIRED: tuple = ()
+_RETIRED: Tuple[()] = ()
 
 #: Most bytes one ``next()`` of the WSGI body (or one hand-over) takes from
 #: a backlog at once, so that draining a lagging session never copies its
@@ -52,7 +52,7 @@ class Mailbox:
     __slots__ = ("_items", "_wake", "max_items", "max_bytes", "_bytes_in", "_bytes_out")
 
     def __init__(self, max_items: int, max_bytes: int):
-        self._items: deque = deque()
+        self._items: Deque[bytes] = deque()
         self._wake = threading.Lock()
         self._wake.acquire()          # locked = "nothing new"
         self.max_items = max_items
@@ -143,9 +143,9 @@ class Session:
                  "sock_released", "handed_over", "last_next", "created", "preloaded",
                  "_done", "finished", "close_by", "abandoned", "served_at", "in_next", "_release", "__weakref__")
 
-    def __init__(self, client_id: str, session_id: str, topics: frozenset,
+    def __init__(self, client_id: str, session_id: str, topics: FrozenSet[str],
                  mailbox: Mailbox, heartbeat: float, deadline: Optional[float],
-                 sock: Optional[socket.socket], release: Callable[["Session"], None]):
+                 sock: Optional[socket.socket], release: Callable[[Session], None]):
         self.client_id = client_id
         self.session_id = session_id
         self.topics = topics

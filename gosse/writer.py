@@ -37,7 +37,7 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .event import HEARTBEAT
-from .session import (ENDED_BY_AGE, ENDED_BY_CLIENT, ENDED_SLOW, Session)
+from .session import ENDED_BY_AGE, ENDED_BY_CLIENT, ENDED_SLOW, Session
 
 __all__ = ["SocketWriter", "handoff_socket", "frame_chunk"]
 
@@ -106,7 +106,7 @@ def _green() -> bool:
     return False
 
 
-def handoff_socket(environ: dict, caller: Any) -> Optional[socket.socket]:
+def handoff_socket(environ: Dict[str, Any], caller: Any) -> Optional[socket.socket]:
     """The socket a stream may hand to the writer, or None.
 
     ``caller`` is the frame that called the stream's ``__next__``.  The

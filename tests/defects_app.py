@@ -111,7 +111,7 @@ def no_close_middleware(app):
     does not forward ``close()`` (as many hand-written ones do)."""
     def wrapped(environ, start_response):
         body = app(environ, start_response)
-        for chunk in body:   # not ``yield from``: that would forward close()
+        for chunk in body:   # noqa: UP028 - ``yield from`` would forward close()
             yield chunk
     return wrapped
 

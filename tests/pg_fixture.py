@@ -96,10 +96,10 @@ class PostgresServer:
             try:
                 with self.connect() as conn:
                     break
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() >= deadline:
                     raise TimeoutError("postgres did not accept connections: "
-                                       + self.log_tail())
+                                       + self.log_tail()) from exc
                 time.sleep(0.05)
         with self.connect() as conn:
             with conn.cursor() as cur:

@@ -9,15 +9,12 @@ import time
 
 import pytest
 
+from broker_app import make_app
 from gosse import Broker, Event, UnknownClientError
 from gosse.backplane import Backplane, BackplaneError, InProcessBackplane
 from gosse.broker import RESET_EVENT
-from broker_app import make_app
-from redis_fixture import (own_redis_server, redis_prefix, redis_server,  # noqa: F401
-                           require_redis_package)
-from servers import wait_until, ROOT, SSEReader, free_port, werkzeug_server
-
-
+from redis_fixture import own_redis_server, redis_prefix, redis_server, require_redis_package  # noqa: F401
+from servers import ROOT, SSEReader, free_port, wait_until, werkzeug_server
 
 
 def redis_threads():

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from redis_fixture import RedisServer, require_redis_server
-from servers import wait_until, SSEReader, gunicorn_server
+from servers import SSEReader, gunicorn_server, wait_until
 
 WORKERS = 3
 PRESENCE_TTL = 1.5
@@ -172,7 +172,7 @@ def test_reconnect_to_another_worker_resumes_exactly(cluster):
     r.close()
     for i in range(5, 8):
         assert cluster.post("/broadcast", data=f"e{i}").status_code == 200
-    for attempt in range(40):
+    for _attempt in range(40):
         again = cluster.sse("mover", last_id=last)
         if again.pid != first_pid:
             break

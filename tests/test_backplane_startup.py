@@ -23,7 +23,7 @@ def test_concurrent_first_connects_all_resume(redis_server, redis_prefix):
         last_ids = [sid.decode() for sid, _ in stream]
         assert len(last_ids) == 5
         resets = 0
-        for attempt in range(2):
+        for _attempt in range(2):
             # A process that has not used its backplane yet, and 12 resuming
             # streams arriving at once.
             broker = Broker(auto_id=True, backplane=RedisBackplane(

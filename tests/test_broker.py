@@ -8,10 +8,10 @@ from wsgiref.validate import validator
 import pytest
 import requests
 
-from gosse import (Broker, BrokerClosedError, Event, JSONEvent, Refusal, UnknownClientError)
-from gosse.broker import RESET_EVENT
 from broker_app import make_app
-from servers import wait_until, SSEReader, gunicorn_server, werkzeug_server
+from gosse import Broker, BrokerClosedError, Event, JSONEvent, Refusal, UnknownClientError
+from gosse.broker import RESET_EVENT
+from servers import SSEReader, gunicorn_server, wait_until, werkzeug_server
 
 
 def post(url, **data):

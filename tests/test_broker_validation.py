@@ -9,8 +9,8 @@ import pytest
 import requests
 from werkzeug.test import EnvironBuilder
 
-from gosse import Broker, ConnectHookError, SSEError
 from broker_app import make_app
+from gosse import Broker, ConnectHookError, SSEError
 from rawhttp import read_head_from
 from servers import werkzeug_server
 

@@ -35,7 +35,7 @@ def finish(proc, timeout=15.0):
         proc.kill()
         out, err = proc.communicate(5)
         raise AssertionError(f"command still running after {timeout} s; "
-                             f"stdout={out!r} stderr={err!r}")
+                             f"stdout={out!r} stderr={err!r}") from None
     return proc.returncode, out, err
 
 

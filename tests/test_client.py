@@ -13,14 +13,12 @@ import time
 import zlib
 
 import pytest
-
-from servers import wait_until as wait_for
 import requests
 
-from gosse import (Event, EventStreamError, FeedClosedError, FeedConnectionError,
-                   ResponseError)
+from gosse import Event, EventStreamError, FeedClosedError, FeedConnectionError, ResponseError
 from gosse.client import SSEFeed, Subscription, connect_with_sse_feed
 from rawserver import RawServer, sse, status
+from servers import wait_until as wait_for
 from vectors import VECTORS, as_dict, vector_bytes
 
 pytestmark = pytest.mark.timeout(60)

@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from gosse import Broker, Event, ResponseError, connect_with_sse_feed
 from broker_app import make_app
+from gosse import Broker, Event, ResponseError, connect_with_sse_feed
 from servers import werkzeug_server
 from test_broker import wait_until
 
@@ -47,7 +47,7 @@ def test_server_closing_streams_loses_and_duplicates_nothing(served):
                     # publish a few while it is away, then wait for its return
                     for j in range(3):
                         broker.broadcast(Event(f"{i}.{j}", id=f"{i}.{j}"))
-                    wait_until(lambda: broker.stats()["sessions_total"] > total)
+                    wait_until(lambda: broker.stats()["sessions_total"] > total)  # noqa: B023 - waited for here
                 if stop.is_set():
                     return
 

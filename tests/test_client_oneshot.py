@@ -12,8 +12,7 @@ import requests
 from werkzeug.wrappers import Request, Response
 
 import gosse
-from gosse import (EventDataError, EventStreamError, FeedConnectionError, ResponseError,
-                   iter_events)
+from gosse import EventDataError, EventStreamError, FeedConnectionError, ResponseError, iter_events
 from rawserver import RawServer, sse
 from servers import ROOT, werkzeug_server
 

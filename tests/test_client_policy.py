@@ -5,15 +5,13 @@ the server's error kept, bad arguments refused clearly."""
 import email.utils
 import json
 import logging
-import threading
 import time
 import traceback
 
 import pytest
 import requests
 
-from gosse import (FeedConnectionError, FeedError, InvalidURLError, ResponseError,
-                   SSEError)
+from gosse import FeedConnectionError, InvalidURLError, ResponseError, SSEError
 from gosse.client import connect_with_sse_feed
 from rawserver import RawServer, sse, status
 

@@ -5,11 +5,10 @@ import time
 
 import pytest
 
-from servers import wait_until as _wait
-
 from gosse import FeedConnectionError, ResponseError
 from gosse.client import SSEFeed, connect_with_sse_feed
 from rawserver import RawServer, sse, status
+from servers import wait_until as _wait
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,8 @@ import requests
 
 from gosse import FeedConnectionError
 from gosse.client import connect_with_sse_feed
-from rawserver import RawServer, sse
 from rawhttp import read_head_from
+from rawserver import RawServer, sse
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")]

@@ -17,7 +17,7 @@ import requests
 from defects_app import Record, make_app, payload
 from gosse import Broker
 from rawhttp import RawStream
-from servers import (gunicorn_server, nginx_uwsgi_proxy, wait_until, werkzeug_server)
+from servers import gunicorn_server, nginx_uwsgi_proxy, wait_until, werkzeug_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,18 +111,19 @@ def test_partial_send_meets_conn_close_keeps_framing():
             with RawStream(url, f"/sse?client={client}", rcvbuf=STALLED, timeout=5) as s:
                 assert s._read_chunk(65536) == b":ok\n\n"
                 answer = []
-                race = threading.Thread(target=lambda: answer.append(requests.post(
-                    f"{url}/race", params={"client": client, "size": BIG, "then": "close"},
+                # B023 below: each lambda runs (the thread is joined) within its round.
+                race = threading.Thread(target=lambda: answer.append(requests.post(  # noqa: B023
+                    f"{url}/race", params={"client": client, "size": BIG, "then": "close"},  # noqa: B023
                     timeout=30)))
                 race.start()
                 try:
-                    assert wait_until(lambda: requests.get(f"{url}/ending/{client}").text
+                    assert wait_until(lambda: requests.get(f"{url}/ending/{client}").text  # noqa: B023
                                       == "True", timeout=10)
                     read_clean_end(s, expected)      # the reader resumes now
                 finally:
                     race.join(30)
                 assert answer and answer[0].status_code == 200
-                assert wait_until(lambda: released(url, client, "closed"), timeout=5)
+                assert wait_until(lambda: released(url, client, "closed"), timeout=5)  # noqa: B023
 
 
 def test_partial_send_meets_broker_close_keeps_framing():

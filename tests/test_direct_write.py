@@ -336,6 +336,7 @@ def test_handoff_only_for_an_exact_allow_list():
     pass-through iterators) framing HTTP/1.1 chunks on a plain socket."""
     import ssl
     import types
+
     from gosse.writer import handoff_socket
 
     plain = socket.socket()

@@ -2,7 +2,8 @@ import json
 import pickle
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gosse import Event, EventError, EventStreamParser, JSONEvent
 from gosse.event import HEARTBEAT, encode_comment

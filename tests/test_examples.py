@@ -1,6 +1,6 @@
 """Every example runs: started as a subprocess, exercised over HTTP."""
-import re
 import os
+import re
 import subprocess
 import sys
 

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gosse import EventStreamError, EventStreamParser
 from fuzz_harness import check_chunkings, outcome, split
+from gosse import EventStreamError, EventStreamParser
 
 # Pieces that make the interesting cases likely: field names, separators,
 # every kind of line end, a BOM, NUL, bytes that are not UTF-8, a UTF-8

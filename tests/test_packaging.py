@@ -102,7 +102,7 @@ def test_wheel_metadata_and_contents(dists):
     assert meta["License"] == "MIT" or "MIT" in (meta.get("License-Expression") or "")
     assert meta["Requires-Python"] == ">=3.9"
     classifiers = set(meta.get_all("Classifier"))
-    for c in ["Programming Language :: Python :: 3.%d" % m for m in range(9, 14)] + [
+    for c in [f"Programming Language :: Python :: 3.{m}" for m in range(9, 14)] + [
             "Typing :: Typed", "Framework :: Flask", "Framework :: Django",
             "Intended Audience :: Developers"]:
         assert c in classifiers

@@ -5,9 +5,9 @@ import socket
 import pytest
 import requests
 
+from broker_app import make_app
 from gosse import Broker, Event
 from gosse.broker import RESET_EVENT
-from broker_app import make_app
 from servers import SSEReader, gunicorn_server, werkzeug_server
 from test_broker import wait_until
 

@@ -109,7 +109,8 @@ def test_without_the_hooks_streams_wait_for_the_graceful_timeout():
 
 
 def test_close_brokers_closes_every_live_broker_in_this_process(monkeypatch):
-    from gosse import Broker, broker as broker_module
+    from gosse import Broker
+    from gosse import broker as broker_module
     a, b = Broker(), Broker()
     c = Broker()
     c.close()

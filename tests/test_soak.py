@@ -377,7 +377,7 @@ def nothing_lost_redis(seconds, feeds, raws, seed):
                 publisher.close()
             totals = verify(clients, count, f"redis -w {WORKERS} {seconds:.0f} s")
             moved = 0
-            for pid, (sig, n, victims) in signalled.items():
+            for pid, (_sig, n, victims) in signalled.items():
                 assert n >= 1
                 for c in victims:   # resumed elsewhere after the worker went
                     assert c.pids[-1] != str(pid), c.name

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from ..errors import BackplaneError, SSEError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..broker import Broker, ClientConnection, Target
+    from ..broker import Broker, ClientConnection
     from ..event import Event
+    from ..registry import Target
 
 __all__ = ["Backplane", "InProcessBackplane", "BackplaneError"]
 
@@ -78,14 +79,14 @@ class Backplane:
     shared = False
 
     def __init__(self) -> None:
-        self._broker: Optional["Broker"] = None
+        self._broker: Optional[Broker] = None
 
     @property
-    def broker(self) -> Optional["Broker"]:
+    def broker(self) -> Optional[Broker]:
         """The broker this backplane serves (None before it is bound)."""
         return self._broker
 
-    def bind(self, broker: "Broker") -> None:
+    def bind(self, broker: Broker) -> None:
         """Attach to ``broker`` (called once, by the broker's constructor)."""
         if self._broker is not None and self._broker is not broker:
             raise ValueError("this backplane already serves another Broker; "
@@ -95,7 +96,7 @@ class Backplane:
     # The methods below are only called for a shared backplane; the
     # in-process versions describe what the broker does on its own.
 
-    def publish(self, target: "Target", event: "Event") -> int:
+    def publish(self, target: Target, event: Event) -> int:
         kind, name = target
         return self._bound()._deliver(kind, name, event)
 
@@ -117,7 +118,7 @@ class Backplane:
     def prepare_replay(self, last_id: Optional[str]) -> Any:
         return None
 
-    def complete_replay(self, conn: "ClientConnection", token: Any) -> None:
+    def complete_replay(self, conn: ClientConnection, token: Any) -> None:
         pass
 
     def stats(self) -> Dict[str, int]:
@@ -126,7 +127,7 @@ class Backplane:
     def close(self) -> None:
         pass
 
-    def _bound(self) -> "Broker":
+    def _bound(self) -> Broker:
         if self._broker is None:
             raise SSEError("this backplane is not attached to a Broker")
         return self._broker
@@ -143,7 +144,7 @@ class InProcessBackplane(Backplane):
     shared = False
 
 
-def _entries_for(conn: "ClientConnection",
+def _entries_for(conn: ClientConnection,
                  entries: List[Tuple[str, Optional[str], bytes]]) -> List[bytes]:
     """The wires of ``entries`` ((kind, name, wire)) that ``conn`` may see."""
     from ..registry import entitled

@@ -56,7 +56,7 @@ import threading
 import uuid
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, cast
 
 try:
     import redis
@@ -79,6 +79,10 @@ log = logging.getLogger("gosse.backplane")
 _SID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _KIND_CODE = {"all": b"a", "client": b"c", "topic": b"t"}
 _KIND_NAME = {b"a": "all", b"c": "client", b"t": "topic"}
+# A stream entry as redis-py returns it: (stream id, fields).  Its command
+# methods are annotated as returning "Awaitable[Any] | Any" (one signature
+# for the sync and the asyncio client), so their results are cast to this.
+_Entries = List[Tuple[bytes, Dict[bytes, bytes]]]
 _MIN_STREAM_LEN = 1000     # the stream also buffers delivery for lagging listeners
 _RESET = "reset"
 
@@ -140,7 +144,7 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
 """
 
 
-_instances: "weakref.WeakSet[RedisBackplane]" = weakref.WeakSet()
+_instances: weakref.WeakSet[RedisBackplane] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -301,11 +305,11 @@ class RedisBackplane(Backplane):
         self._up = True
         self._delivered: Optional[bytes] = None        # last stream id delivered here
         self._floors: Dict[Any, Tuple[int, int]] = {}   # stream -> skip ids <= floor
-        self._uids: "OrderedDict[bytes, bytes]" = OrderedDict()
+        self._uids: OrderedDict[bytes, bytes] = OrderedDict()
         self._uids_cap = self.maxlen + self.maxlen // 10 + 1000
         self._uids_complete = False
         self._uids_loading = threading.Lock()
-        self._pending_leave: set = set()
+        self._pending_leave: Set[str] = set()
         self._received = 0
         self._publish_errors = 0
 
@@ -339,7 +343,7 @@ class RedisBackplane(Backplane):
     def _init_position(self) -> bool:
         """Start delivering after the stream's current last entry."""
         try:
-            last = self._r.xrevrange(self._stream, "+", "-", count=1)
+            last = cast(_Entries, self._r.xrevrange(self._stream, "+", "-", count=1))
         except RedisError as exc:
             self._set_down(exc)
             return False
@@ -425,8 +429,10 @@ class RedisBackplane(Backplane):
                 if self._delivered is None:
                     if not self._init_position():
                         raise redis.ConnectionError("cannot read the stream position")
-                resp = self._lr.xread({self._stream: self._delivered}, count=self.batch,
-                                      block=block_ms)
+                # (_init_position has set _delivered.)
+                resp = cast(List[Tuple[bytes, _Entries]], self._lr.xread(
+                    {self._stream: cast(bytes, self._delivered)}, count=self.batch,
+                    block=block_ms))
             except Exception as exc:  # RedisError, OSError, parser errors
                 if stop.is_set():
                     break
@@ -474,16 +480,16 @@ class RedisBackplane(Backplane):
         self._received += len(entries)
 
     @staticmethod
-    def _decode(sid: bytes, f: Dict[bytes, bytes]):
+    def _decode(sid: bytes, f: Dict[bytes, bytes]
+                ) -> Tuple[bytes, Optional[bytes], str, Optional[str]]:
         """(wire, user id or None, kind, name) of a stream entry."""
         wire = f.get(b"w", b"")
         uid = f.get(b"u")
         if uid is None and b"a" in f:
             wire = b"id: " + sid + b"\n" + wire
-        kind = _KIND_NAME.get(f.get(b"k"), "all")
-        name = f.get(b"n")
-        if name is not None:
-            name = name.decode("utf-8", "replace")
+        kind = _KIND_NAME.get(f.get(b"k", b""), "all")
+        raw_name = f.get(b"n")
+        name = None if raw_name is None else raw_name.decode("utf-8", "replace")
         return wire, uid, kind, name
 
     # -- heartbeat -------------------------------------------------------------
@@ -627,14 +633,15 @@ class RedisBackplane(Backplane):
         elif broker.auto_id:
             fields += [b"a", b"1"]   # the entry's stream id becomes the event id
         fields += [b"w", event.encode()]
+        client = cast(str, name)   # read only for kind "client", which names one
         try:
-            if kind == "client" and not broker.has_local_client(name):
+            if kind == "client" and not broker.has_local_client(client):
                 # Atomically: present somewhere, then append.
-                sid = self._send(keys=[self._p + name, self._stream],
+                sid = self._send(keys=[self._p + client, self._stream],
                                  args=[self.maxlen, *fields])
                 if sid is None:
                     self._set_up()
-                    raise UnknownClientError(name)
+                    raise UnknownClientError(client)
             else:
                 self._r.xadd(self._stream, dict(zip(fields[::2], fields[1::2])),
                              maxlen=self.maxlen, approximate=True)
@@ -679,7 +686,8 @@ class RedisBackplane(Backplane):
                 pipe.xrange(self._stream, _after(start), upto)
                 exists, entries = pipe.execute()
             else:
-                exists, entries = self._r.xrange(self._stream, start, start, count=1), []
+                exists, entries = cast(_Entries, self._r.xrange(self._stream, start, start,
+                                                                count=1)), []
         except RedisError as exc:
             self._set_down(exc)
             return (_RESET, last_id)
@@ -696,12 +704,12 @@ class RedisBackplane(Backplane):
             conn.session.preload([self._reset_wire(token[1])])
             return
         start, upto, entries, last_id = token
-        now = self._delivered
+        now = cast(bytes, self._delivered)   # set before any replay, never unset
         low = max(start, upto, key=_seq)
         if _seq(now) > _seq(low):
             try:
-                entries = entries + self._replayable(
-                    self._r.xrange(self._stream, _after(low), now))
+                entries = entries + self._replayable(cast(
+                    _Entries, self._r.xrange(self._stream, _after(low), now)))
             except RedisError as exc:
                 self._set_down(exc)
                 conn.session.preload([self._reset_wire(last_id)])
@@ -716,7 +724,7 @@ class RedisBackplane(Backplane):
         from ..broker import reset_event
         return reset_event(last_id).encode()
 
-    def _replayable(self, entries) -> List[Tuple[str, Optional[str], bytes]]:
+    def _replayable(self, entries: _Entries) -> List[Tuple[str, Optional[str], bytes]]:
         out = []
         for sid, f in entries:
             if b"u" not in f and b"a" not in f:
@@ -732,12 +740,13 @@ class RedisBackplane(Backplane):
         if sid is not None:
             return sid
         if _stream_id(last_id) is not None:   # an auto id: the stream id itself
-            got = self._r.xrange(self._stream, uid, uid, count=1)
+            got = cast(_Entries, self._r.xrange(self._stream, uid, uid, count=1))
             if got and b"u" not in got[0][1]:
                 return uid
         # Entries this process has not delivered yet (the client is ahead).
-        upto = self._delivered
-        tail = self._r.xrange(self._stream, _after(upto), "+", count=self.maxlen)
+        upto = cast(bytes, self._delivered)   # prepare_replay checked it is set
+        tail = cast(_Entries, self._r.xrange(self._stream, _after(upto), "+",
+                                             count=self.maxlen))
         for sid, f in reversed(tail):
             if f.get(b"u") == uid:
                 return sid
@@ -752,12 +761,12 @@ class RedisBackplane(Backplane):
         with self._uids_loading:
             if self._uids_complete:
                 return
-            loaded: "OrderedDict[bytes, bytes]" = OrderedDict()
+            loaded: OrderedDict[bytes, bytes] = OrderedDict()
             hi: Optional[bytes] = upto
             chunks = []
             seen = 0
             while hi is not None and seen <= self._uids_cap:
-                got = self._r.xrevrange(self._stream, hi, "-", count=1000)
+                got = cast(_Entries, self._r.xrevrange(self._stream, hi, "-", count=1000))
                 if not got:
                     break
                 chunks.append(got)

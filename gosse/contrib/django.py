@@ -39,7 +39,8 @@ log = logging.getLogger("gosse.contrib.django")
 
 
 def sse_response(broker: Broker, request: Any, client_id: str, *,
-                 topics: Iterable[str] = (), heartbeat_interval: Optional[float] = None):
+                 topics: Iterable[str] = (),
+                 heartbeat_interval: Optional[float] = None) -> Any:
     """Open a session of ``client_id`` for this Django request.
 
     Returns a ``StreamingHttpResponse`` whose close (called by the WSGI server
@@ -57,7 +58,8 @@ def sse_response(broker: Broker, request: Any, client_id: str, *,
                           heartbeat_interval=heartbeat_interval)
     captured: List[Tuple[str, List[Tuple[str, str]]]] = []
 
-    def start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None):
+    def start_response(status: str, headers: List[Tuple[str, str]],
+                       exc_info: Any = None) -> None:
         captured.append((status, headers))
 
     body = conn(environ, start_response)
@@ -110,7 +112,7 @@ class _ReleaseDatabaseFirst:
         self._body = body
         self._it: Optional[Iterator[bytes]] = None
 
-    def __iter__(self) -> "_ReleaseDatabaseFirst":
+    def __iter__(self) -> _ReleaseDatabaseFirst:
         return self
 
     def __next__(self) -> bytes:
