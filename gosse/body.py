@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, NoReturn, Optional, Tuple
 
 from .event import HEARTBEAT
 from .session import ENDED_BY_AGE, ENDED_BY_CLIENT, Session
@@ -45,7 +45,7 @@ class SessionStream:
     __slots__ = ("session", "_first", "_environ", "_hand_over", "_started", "conn",
                  "_client_left", "__weakref__")
 
-    def __init__(self, session: Session, first_bytes: bytes, environ: dict,
+    def __init__(self, session: Session, first_bytes: bytes, environ: Dict[str, Any],
                  hand_over: Optional[HandOver] = None):
         self.session = session
         self._first = first_bytes
@@ -58,7 +58,7 @@ class SessionStream:
         self._client_left: Optional[Callable[[], bool]] = environ.get(
             "waitress.client_disconnected")
 
-    def __iter__(self) -> "SessionStream":
+    def __iter__(self) -> SessionStream:
         return self
 
     def __next__(self) -> bytes:
@@ -121,10 +121,11 @@ class SessionStream:
         """Hand the socket over if the server allows it; then park until
         the writer is done with the session, and end the iteration."""
         from .writer import handoff_socket
+        hand_over = self._hand_over
         sock = handoff_socket(self._environ, caller)
-        if sock is None:
+        if sock is None or hand_over is None:
             return
-        handed = self._hand_over(self.session, sock)
+        handed = hand_over(self.session, sock)
         if handed is None:
             return
         finished, writer = handed

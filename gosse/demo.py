@@ -248,7 +248,8 @@ class DemoApp:
 
     # -- WSGI ------------------------------------------------------------------
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: Dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
         self.start()
         if environ.get("PATH_INFO") == "/sse":
             return self._sse(environ, start_response)
@@ -259,7 +260,8 @@ class DemoApp:
             response = _error(exc.code or 400, exc.description or exc.name)
         return response(environ, start_response)
 
-    def _sse(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def _sse(self, environ: Dict[str, Any],
+             start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
         if request.method == "HEAD":  # headers only: no session
             return Response(b"", content_type="text/event-stream; charset=utf-8",
@@ -428,5 +430,4 @@ app = create_app()
 # gosse.contrib.gunicorn.  On SIGTERM they close the demo's broker at once
 # (its clock thread stops at its next tick), so the worker stops in about a
 # second instead of after --graceful-timeout.
-from .contrib.gunicorn import (post_worker_init, worker_abort,  # noqa: E402,F401
-                               worker_exit, worker_int)
+from .contrib.gunicorn import post_worker_init, worker_abort, worker_exit, worker_int  # noqa: E402,F401

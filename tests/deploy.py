@@ -17,10 +17,22 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 
-from servers import (django_runserver_command, free_port, gunicorn_server, nginx_proxy,
-                     nginx_uwsgi_proxy, require, require_nginx, require_uwsgi,
-                     require_waitress, server_process, uwsgi_command, waitress_command,
-                     werkzeug_command, _has_module)
+from servers import (
+    _has_module,
+    django_runserver_command,
+    free_port,
+    gunicorn_server,
+    nginx_proxy,
+    nginx_uwsgi_proxy,
+    require,
+    require_nginx,
+    require_uwsgi,
+    require_waitress,
+    server_process,
+    uwsgi_command,
+    waitress_command,
+    werkzeug_command,
+)
 
 HOOKS = ("-c", "python:gosse.contrib.gunicorn")
 # An interpreter whose gunicorn still has the eventlet worker (gunicorn 22;

@@ -16,8 +16,15 @@ import pytest
 import requests
 
 from gosse import Broker
-from gosse.demo import (CHAT_EVENT, CLOCK_EVENT, JOB_EVENT, JOBS_TOPIC, MAX_BODY_BYTES,
-                        MAX_RUNNING_JOBS, create_app)
+from gosse.demo import (
+    CHAT_EVENT,
+    CLOCK_EVENT,
+    JOB_EVENT,
+    JOBS_TOPIC,
+    MAX_BODY_BYTES,
+    MAX_RUNNING_JOBS,
+    create_app,
+)
 from servers import ROOT, SSEReader, free_port, wait_for_port, werkzeug_server
 
 START_TIMEOUT = 20.0
@@ -61,7 +68,7 @@ class DemoProcess:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"no output in {timeout} s; stderr: {self.stderr_text()}")
+            raise TimeoutError(f"no output in {timeout} s; stderr: {self.stderr_text()}") from None
         if line is None:
             raise RuntimeError(f"demo exited ({self.proc.poll()}); stderr: "
                                f"{self.stderr_text()}")

@@ -5,6 +5,7 @@ failed before the fix; where it was in the docs, the test checks what the
 docs now say.  (The whole matrix is tests/test_deploy_matrix.py.)
 """
 import signal
+import subprocess
 import time
 
 import pytest
@@ -13,8 +14,16 @@ import requests
 from defects_app import payload
 from deploy import BY_NAME, past_hand_over, sigterm
 from rawhttp import FramingError, RawStream
-from servers import (free_port, require_uwsgi, require_waitress, server_process,
-                     uwsgi_command, wait_for_port, wait_until, waitress_command)
+from servers import (
+    free_port,
+    require_uwsgi,
+    require_waitress,
+    server_process,
+    uwsgi_command,
+    wait_for_port,
+    wait_until,
+    waitress_command,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,7 +159,7 @@ def test_uwsgi_sigterm_stops_only_with_die_on_term(die_on_term):
         if die_on_term:
             assert proc.wait(10) == 0
         else:
-            with pytest.raises(Exception):
+            with pytest.raises(subprocess.TimeoutExpired):
                 proc.wait(3)          # still running: it reloaded
             wait_for_port(port, proc)
             assert wait_until(lambda: proc_stats(url)["pid"] != first, timeout=10)
@@ -267,6 +276,7 @@ def test_waitress_example_streams_and_stops_cleanly():
     """examples/waitress_app.py: a stream, an event, SIGTERM: the last chunk."""
     import os
     import sys
+
     from servers import ROOT
     require_waitress()
     port = free_port()
@@ -285,6 +295,7 @@ def test_waitress_example_streams_and_stops_cleanly():
 def test_uwsgi_example_ini_serves_streams():
     """examples/uwsgi.ini, on a free port."""
     import os
+
     from servers import ROOT
     require_uwsgi()
     port = free_port()
@@ -312,7 +323,7 @@ def test_gevent_exit_waits_for_a_client_that_keeps_its_connection():
             past_hand_over(s)
             sigterm(running)
             s.read_to_end()
-            with pytest.raises(Exception):
+            with pytest.raises(subprocess.TimeoutExpired):
                 running.proc.wait(2)      # still running: the connection is open
         t0 = time.monotonic()
         assert running.proc.wait(10) == 0

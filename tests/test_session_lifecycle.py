@@ -285,6 +285,7 @@ def test_an_end_during_the_hand_over_reaches_the_writer():
     finish the session.  Forced: the end runs, from another thread, inside
     the hand-over, after its check and before it records the hand-over."""
     import socket as socketlib
+
     from gosse.session import Mailbox
 
     broker = Broker()
