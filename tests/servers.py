@@ -201,14 +201,16 @@ class SSEReader:
         self.close()
 
 
-NGINX_UWSGI_CONF = """\
+# The start of a test nginx's config: foreground, one worker, everything in
+# the test's own folder ({user}, {dir} and the rest are filled in later).
+NGINX_HEAD = """\
 daemon off;
 master_process off;
 worker_processes 1;
 {user}
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections CONNECTIONS; }}
 http {{
     access_log off;
     client_body_temp_path {dir}/body;
@@ -216,6 +218,9 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
+"""
+
+NGINX_UWSGI_CONF = NGINX_HEAD.replace("CONNECTIONS", "64") + """\
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -355,21 +360,7 @@ def django_runserver_command(settings_module, port):
             f"--settings={settings_module}", f"127.0.0.1:{port}"]
 
 
-NGINX_PROXY_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
+NGINX_PROXY_CONF = NGINX_HEAD.replace("CONNECTIONS", "256") + """\
     upstream app {{
         server 127.0.0.1:{upstream};
 {keepalive}
