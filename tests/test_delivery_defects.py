@@ -254,6 +254,9 @@ def test_uwsgi_protocol_behind_nginx_events_are_byte_exact():
     from gosse import Event
     if not (os.path.exists("/usr/sbin/nginx") or shutil.which("nginx")):
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    import gunicorn.config
+    if not hasattr(gunicorn.config, "Protocol"):   # --protocol is newer than gunicorn 23
+        pytest.skip(f"gunicorn {gunicorn.__version__} has no --protocol uwsgi")
     n, size = 5, 300
     with gunicorn_server("defects_app:app", threads=16,
                          extra=("--protocol", "uwsgi")) as (upstream, proc):
