@@ -45,6 +45,7 @@ OLDEST = [
 FAST_IGNORE = [
     "tests/test_packaging.py",
     "tests/test_delivery_defects.py",     # ~100 s of the ~250 s
+    "tests/test_deploy_defects.py",       # ~50 s (servers, proxies, signals)
     "tests/test_soak.py",
     "tests/test_cli.py",
     "tests/test_client_hostile.py",
