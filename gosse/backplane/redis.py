@@ -53,6 +53,7 @@ import os
 import random
 import re
 import threading
+import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -374,12 +375,17 @@ class RedisBackplane(Backplane):
         self._stop.set()
         self._hb_wake.set()
         if started:
-            try:   # interrupt a blocked XREAD now rather than after `block` s
-                self._lr.connection_pool.disconnect()
-            except Exception:  # pragma: no cover - best effort
-                pass
+            # Interrupt a blocked XREAD now rather than after `block` s.  Once
+            # may not do: a listener between two calls opens a new connection
+            # and blocks again, so disconnect until it has stopped.
+            deadline = time.monotonic() + timeout
             for t in self._threads:
-                t.join(timeout)
+                while t.is_alive() and time.monotonic() < deadline:
+                    try:
+                        self._lr.connection_pool.disconnect()
+                    except Exception:  # pragma: no cover - best effort
+                        pass
+                    t.join(0.1)
             broker = self._broker
             if broker is not None and self._up:
                 with self._presence_lock:
