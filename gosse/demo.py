@@ -337,13 +337,7 @@ class DemoApp:
         for name, value in (("event", event), ("id", event_id)):
             if value is not None and not isinstance(value, str):
                 return _error(400, f"field \"{name}\" must be a string")
-        try:
-            delivered = self.broker.broadcast(Event(data, event=event, id=event_id))
-        except BrokerClosedError:
-            return _error(503, "the demo is shutting down")
-        except ValueError as exc:  # e.g. a lone surrogate from JSON
-            return _error(400, str(exc))
-        return _json({"delivered": delivered})
+        return self._broadcast(lambda: Event(data, event=event, id=event_id))
 
     def _chat(self, request: Request) -> Response:
         fields = _fields(request)
@@ -360,9 +354,14 @@ class DemoApp:
             return _error(400, f"a chat message has at most {_MAX_CHAT_TEXT} characters "
                                f"and a name at most {_MAX_CHAT_NAME}")
         now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        return self._broadcast(lambda: JSONEvent(
+            {"name": name, "text": text, "time": now}, event=CHAT_EVENT))
+
+    def _broadcast(self, make: Callable[[], Event]) -> Response:
+        """Broadcast the event ``make()`` builds; answer how many streams it
+        reached, 400 for a value that cannot be an event, 503 once closing."""
         try:
-            delivered = self.broker.broadcast(JSONEvent(
-                {"name": name, "text": text, "time": now}, event=CHAT_EVENT))
+            delivered = self.broker.broadcast(make())
         except BrokerClosedError:
             return _error(503, "the demo is shutting down")
         except ValueError as exc:  # e.g. a lone surrogate from JSON
