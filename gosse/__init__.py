@@ -2,6 +2,7 @@
 from .broker import Broker, ClientConnection, Refusal
 from .client import SSEFeed, Subscription, connect_with_sse_feed
 from .errors import (
+    BackplaneConfigError,
     BackplaneError,
     BrokerClosedError,
     ConnectHookError,
@@ -13,6 +14,7 @@ from .errors import (
     FeedError,
     FeedShutDown,
     InvalidURLError,
+    PublishOutcomeUnknownError,
     ResponseError,
     SSEError,
     StreamingUnsupportedError,
@@ -32,7 +34,7 @@ __all__ = [
     "SSEError", "EventError", "EventStreamError", "StreamingUnsupportedError",
     "UnknownClientError", "BrokerClosedError", "ConnectHookError",
     "FeedError", "FeedConnectionError", "ResponseError", "FeedClosedError",
-    "BackplaneError",
+    "BackplaneError", "BackplaneConfigError", "PublishOutcomeUnknownError",
     "stream", "iter_events", "EventStream",
     "EventDataError", "FeedShutDown", "InvalidURLError", "SubscriptionStalledError",
 ]

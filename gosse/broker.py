@@ -38,7 +38,7 @@ from urllib.parse import parse_qs
 from .backplane import Backplane, InProcessBackplane
 from .body import SessionStream
 from .errors import BrokerClosedError, ConnectHookError, SSEError, UnknownClientError
-from .event import Event, encode_comment
+from .event import RESET_EVENT, Event, encode_comment, reset_event
 from .registry import History, Registry
 from .session import (
     ENDED_BY_APP,
@@ -66,23 +66,6 @@ def live_brokers() -> List[Broker]:
     is not guaranteed).  A process forked from one that had brokers (a
     gunicorn worker of an app loaded with ``--preload``) has their copies."""
     return [b for b in list(_live) if not b._closed]
-
-#: The event type a stream starts with when the ``Last-Event-ID`` it was asked
-#: to resume from is not in the broker's history (unknown, or too old): events
-#: may have been missed and the client should reload its state.  Its data is
-#: the ``Last-Event-ID`` the client sent.
-RESET_EVENT = "gosse-reset"
-
-#: A ``Last-Event-ID`` longer than this (UTF-8 bytes) is not echoed back in
-#: the reset event's data: a stream is not an amplifier.
-RESET_ECHO_MAX = 256
-
-
-def reset_event(last_id: str) -> Event:
-    """The :data:`RESET_EVENT` a stream starts with when ``last_id`` cannot
-    be resumed from (its data is the id, if at most 256 bytes)."""
-    echo = last_id if len(last_id.encode("utf-8", "replace")) <= RESET_ECHO_MAX else ""
-    return Event(echo, event=RESET_EVENT)
 
 _STREAM_HEADERS = [
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -356,6 +339,9 @@ class Broker:
         self._backplane: Backplane = backplane
         self._shared = bool(backplane.shared)
         if self._shared:
+            if self._history is not None:
+                log.debug("Broker(history=%d) is ignored: the backplane %r keeps the "
+                          "history", history, backplane)
             self._history = None   # the backplane keeps the history
         _live.add(self)
 
@@ -415,7 +401,7 @@ class Broker:
         resume = None
         if shared:
             # May talk to Redis: outside the lock.
-            resume = self._backplane.prepare_replay(last_id)
+            resume = self._backplane.prepare_replay(last_id, client_id, session.topics)
         with self._lock:
             if self._closed:
                 raise BrokerClosedError("the broker is closed; it accepts no new streams")
@@ -651,6 +637,9 @@ class Broker:
         Returns the number of deliveries.
         """
         if self._closed:
+            if commit is not None:
+                with self._lock:
+                    commit()
             return 0
         with self._deliver_lock:
             with self._lock:

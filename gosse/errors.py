@@ -30,6 +30,8 @@ __all__ = [
     "EventDataError",
     "InvalidURLError",
     "BackplaneError",
+    "BackplaneConfigError",
+    "PublishOutcomeUnknownError",
 ]
 
 
@@ -133,8 +135,22 @@ class EventDataError(SSEError, ValueError):
 
 
 class BackplaneError(SSEError):
-    """The backplane (e.g. Redis) is unreachable or failed: the event was not
-    published to the other processes (and, unless the backplane falls back to
-    local delivery, not delivered at all).  The underlying exception is in
+    """The backplane (e.g. Redis) is unreachable or refused the call: the event
+    was not published to the other processes (and, unless the backplane falls
+    back to local delivery, not delivered at all).  The underlying exception is in
     ``__cause__``.  Sessions already open keep streaming, and
     ``ClientConnection.send`` keeps working."""
+
+
+class PublishOutcomeUnknownError(BackplaneError):
+    """The publish was sent but no answer came back (a timeout, or the
+    connection broke while waiting): Redis may or may not have appended the
+    event, so it may be delivered.  It is not delivered locally a second
+    time; publish it again only if a duplicate is acceptable."""
+
+
+class BackplaneConfigError(BackplaneError, ValueError):
+    """The backplane cannot work with this configuration (a wrong password,
+    a user without the permissions it needs, a read-only replica, Redis
+    Cluster): raised at start-up, not on every publish.  The message says
+    what to change."""

@@ -11,7 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import EventDataError, EventError
 
-__all__ = ["Event", "JSONEvent", "encode_comment", "HEARTBEAT"]
+__all__ = ["Event", "JSONEvent", "encode_comment", "HEARTBEAT", "RESET_EVENT",
+           "reset_event"]
 
 #: The comment a stream writes after a period of silence.  The blank line makes
 #: it a complete block for proxies that buffer until one, and is harmless to a
@@ -258,3 +259,21 @@ def encode_comment(text: str = "") -> bytes:
         raise EventError(f"comment must be a str, not {type(text).__name__}")
     return _utf8("".join(f":{' ' if line else ''}{line}\n" for line in _split_lines(text))
                  + "\n")
+
+
+#: The event type a stream starts with when the ``Last-Event-ID`` it was asked
+#: to resume from is not in the broker's history (unknown, or too old): events
+#: may have been missed and the client should reload its state.  Its data is
+#: the ``Last-Event-ID`` the client sent.
+RESET_EVENT = "gosse-reset"
+
+#: A ``Last-Event-ID`` longer than this (UTF-8 bytes) is not echoed back in
+#: the reset event's data: a stream is not an amplifier.
+RESET_ECHO_MAX = 256
+
+
+def reset_event(last_id: str) -> Event:
+    """The :data:`RESET_EVENT` a stream starts with when ``last_id`` cannot
+    be resumed from (its data is the id, if at most 256 bytes)."""
+    echo = last_id if len(last_id.encode("utf-8", "replace")) <= RESET_ECHO_MAX else ""
+    return Event(echo, event=RESET_EVENT)

@@ -12,6 +12,7 @@ import uuid
 import pytest
 import requests
 
+from gosse.event import RESET_EVENT
 from redis_fixture import RedisServer, require_redis_server
 from servers import SSEReader, gunicorn_server, wait_until
 
@@ -136,8 +137,10 @@ def test_broadcast_over_http_reaches_every_client_exactly_once(cluster):
         assert order == orders[0], "every stream sees one order"
         assert sorted(order) == sorted(f"m{i}" for i in range(n))
         assert len(drain(r)) == n, "exactly once"
-        ids = [tuple(map(int, e.id.split("-"))) for e in r.events]
-        assert ids == sorted(ids)             # auto ids: the stream's, ordered
+        # Auto ids: "<dataset epoch>-<stream id>", one epoch, ordered.
+        assert len({e.id.split("-")[0] for e in r.events}) == 1
+        ids = [tuple(map(int, e.id.split("-")[1:])) for e in r.events]
+        assert ids == sorted(ids)
     for r in readers:
         r.close()
 
@@ -245,10 +248,12 @@ def test_redis_killed_and_restarted_mid_stream(fresh_cluster):
     orders = []
     time.sleep(0.3)
     for r in readers:
-        got = [e.data for e in r.wait_events(7)]
-        assert got == ["before", "probe"] + [f"after{i}" for i in range(5)]
+        # Redis came back empty: each stream is told (issue 15, defect 2).
+        got = [(e.event, e.data) for e in r.wait_events(8)]
+        assert got == ([("message", "before"), (RESET_EVENT, ""), ("message", "probe")]
+                       + [("message", f"after{i}") for i in range(5)])
         orders.append(got)
-        assert len(drain(r)) == 7
+        assert len(drain(r)) == 8
     for r in readers:
         r.close()
     stats = [cluster.get("/stats").json() for _ in range(6)]

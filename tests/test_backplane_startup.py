@@ -17,10 +17,17 @@ def test_concurrent_first_connects_all_resume(redis_server, redis_prefix):
                                                               prefix=redis_prefix))
     fresh = []
     try:
+        feed = publisher.connect("watcher", {"QUERY_STRING": ""})
         for i in range(5):
             publisher.broadcast(Event(f"e{i}"))
-        stream = publisher.backplane._r.xrange(publisher.backplane._stream)
-        last_ids = [sid.decode() for sid, _ in stream]
+        chunks = b""
+        for chunk in feed.stream:
+            chunks += chunk
+            if chunks.count(b"data: e") == 5:
+                break
+        feed.close()
+        last_ids = [line[4:].decode() for line in chunks.split(b"\n")
+                    if line.startswith(b"id: ")]
         assert len(last_ids) == 5
         resets = 0
         for _attempt in range(2):

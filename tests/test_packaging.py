@@ -93,7 +93,7 @@ def test_wheel_metadata_and_contents(dists):
         meta_name, = [n for n in names if n.endswith(".dist-info/METADATA")]
         meta = email.message_from_bytes(zf.read(meta_name))
     for needed in ("gosse/py.typed", "gosse/static/index.html", "gosse/static/demo.js",
-                   "gosse/static/demo.css", "gosse/backplane/redis.py",
+                   "gosse/static/demo.css", "gosse/backplane/redis/__init__.py",
                    "gosse/contrib/gunicorn.py"):
         assert needed in names
     assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names)

@@ -20,7 +20,7 @@ database), but its methods are called by the broker, not by applications.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional
 
 from ..errors import BackplaneError, SSEError
 
@@ -56,12 +56,14 @@ class Backplane:
       ``get_client_metadata(id)``: presence and metadata across brokers
       (called only when the answer is not known locally, or always for
       metadata).
-    * ``prepare_replay(last_id)``: called by every ``connect`` before the
-      session is registered, outside the lock (may do I/O; ``last_id`` is
-      None without ``Last-Event-ID``); a token that is not None is handed to
-      ``complete_replay(conn, token)`` under the broker lock, atomically with
-      live delivery, which queues (``conn.session.preload``) the events after
-      ``last_id`` that the session is entitled to, or a reset event.
+    * ``prepare_replay(last_id, client_id, topics)``: called by every
+      ``connect`` before the session is registered, outside the lock (may do
+      I/O; ``last_id`` is None without ``Last-Event-ID``); a token that is
+      not None is handed to ``complete_replay(conn, token)`` under the
+      broker lock, atomically with live delivery, which must not do I/O and
+      queues (``conn.session.preload``) the events after ``last_id`` that
+      the session is entitled to, or a reset event
+      (``gosse.event.reset_event``).
     * ``stats()``: extra integer counters merged into ``Broker.stats()``.
     * ``close()``: stop its threads and release presence; called by
       ``Broker.close()``.
@@ -115,7 +117,8 @@ class Backplane:
     def get_client_metadata(self, client_id: str) -> Any:
         raise NotImplementedError
 
-    def prepare_replay(self, last_id: Optional[str]) -> Any:
+    def prepare_replay(self, last_id: Optional[str], client_id: str,
+                       topics: FrozenSet[str]) -> Any:
         return None
 
     def complete_replay(self, conn: ClientConnection, token: Any) -> None:
@@ -143,11 +146,3 @@ class InProcessBackplane(Backplane):
 
     shared = False
 
-
-def _entries_for(conn: ClientConnection,
-                 entries: List[Tuple[str, Optional[str], bytes]]) -> List[bytes]:
-    """The wires of ``entries`` ((kind, name, wire)) that ``conn`` may see."""
-    from ..registry import entitled
-    cid = conn.id
-    topics = conn.topics
-    return [wire for kind, name, wire in entries if entitled(kind, name, cid, topics)]

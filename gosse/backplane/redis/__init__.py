@@ -1,0 +1,467 @@
+"""A backplane through Redis: many processes (gunicorn workers, hosts), one
+stream of events.
+
+::
+
+    from gosse import Broker
+    from gosse.backplane.redis import RedisBackplane
+
+    broker = Broker(auto_id=True, backplane=RedisBackplane("redis://127.0.0.1:6379/0"))
+
+How it works
+------------
+
+* **Delivery.**  ``broadcast``, ``send`` and ``publish`` append the event
+  (already encoded, with its target) to one Redis Stream,
+  ``<prefix>:events``, bounded by ``history`` (``MAXLEN ~``) and optionally
+  ``max_age`` (``MINID ~``).  Each process runs one listener thread that
+  reads that stream with ``XREAD BLOCK`` and delivers each batch to its own
+  matching sessions (:mod:`.listener`): every session everywhere sees events
+  in one order.
+* **Nothing skipped silently.**  Every entry carries its dataset's epoch and
+  a sequence number.  A listener that finds entries missing (it fell behind
+  by more than the stream's length, Redis restarted empty or failed over)
+  sends ``gosse-reset`` to its streams, counts it (``stats()``:
+  ``backplane_gaps``, ``backplane_resets``) and logs it.
+* **Ids and replay.**  With ``Broker(auto_id=True)`` an event without an id
+  gets ``<epoch>-<stream id>``, globally ordered, never reused by another
+  dataset.  A session connecting with ``Last-Event-ID`` gets the entries
+  after that id that it may see (:mod:`.replay`), read page by page outside
+  the broker's lock and bounded by the session's ``queue_size`` and
+  ``queue_bytes``, queued atomically with live delivery: no duplicate, no
+  gap, whichever process it reconnects to.  Beyond the bounds, or for an id
+  not in the stream, the session gets ``gosse-reset``.
+* **Presence and metadata** (:mod:`.presence`): a client is present while
+  any process holds a session of it, refreshed by one heartbeat thread per
+  process every ``presence_ttl / 3`` seconds.
+* **Faults** (:mod:`.connection`).  If Redis goes away, open sessions keep
+  streaming, new sessions are accepted (a ``Last-Event-ID`` that cannot be
+  resolved gets ``gosse-reset``), and ``broadcast``/``send``/``publish``/
+  presence/metadata raise :class:`~gosse.errors.BackplaneError` (or, with
+  ``fallback="local"``, events are delivered to this process's sessions
+  only).  A publish whose answer was lost raises
+  :class:`~gosse.errors.PublishOutcomeUnknownError` and is never delivered
+  a second time.  The listener retries with jittered exponential backoff;
+  each transition is logged once (logger ``gosse.backplane``).
+
+Needs Redis 5 or later (``max_age``: 6.2), ``pip install gosse[redis]``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+import weakref
+from typing import Any, Dict, Optional, Tuple
+
+try:
+    import redis  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("gosse.backplane.redis needs the redis package: "
+                      "pip install 'gosse[redis]'") from exc
+
+from ...errors import BackplaneError, BrokerClosedError, UnknownClientError
+from ...event import Event, reset_event
+from .. import Backplane
+from .connection import OUTAGES, Connection, is_refusal
+from .entries import Keys
+from .listener import Listener
+from .presence import Presence
+from .publisher import MIN_STREAM_LEN, Appender, Publisher, _check_age
+from .replay import Replay
+
+__all__ = ["RedisBackplane", "Publisher"]
+
+log = logging.getLogger("gosse.backplane")
+
+_instances: weakref.WeakSet[RedisBackplane] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a thread of the parent at fork time stays held in the
+    # child, where that thread does not exist.
+    for backplane in list(_instances):
+        backplane._start_lock = threading.Lock()
+        backplane._state_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class RedisBackplane(Backplane):
+    """Share a broker's events, presence, metadata and replay history with
+    every other broker on the same Redis (other gunicorn workers, hosts).
+
+    * ``url``: the Redis server (``redis://[:password@]host:port/db``,
+      ``rediss://``, ``unix://``).
+    * ``prefix``: key prefix; brokers with the same prefix form one group.
+    * ``history``: stream entries kept for ``Last-Event-ID`` replay
+      (``MAXLEN ~``); 0 turns replay off (the stream still keeps the last
+      1,000 entries so a lagging listener catches up).
+    * ``max_age``: seconds an entry is kept at most (``MINID ~``, Redis 6.2),
+      or None: the replay window by time, while ``history`` bounds memory.
+    * ``presence_ttl``: seconds after which the clients of a process that
+      died without saying so stop being present (refreshed every third of it).
+    * ``block``: seconds one ``XREAD BLOCK`` waits; ``socket_timeout`` and
+      ``connect_timeout`` bound every other call.
+    * ``max_backoff``: cap of the listener's reconnection delay (seconds).
+    * ``batch``: entries the listener reads and delivers at once.
+    * ``serializer``: an object with ``dumps``/``loads`` for client metadata
+      (``json`` by default; ``pickle`` allows any value but trusts whoever
+      can write to Redis).
+    * ``fallback``: ``None`` (publishing raises :class:`~gosse.errors.BackplaneError` while
+      Redis is unreachable) or ``"local"`` (deliver to this process's
+      sessions only, not resumable, and log it).
+    * ``redis_options``: extra keyword arguments for ``redis.Redis.from_url``.
+
+    One instance serves one :class:`~gosse.Broker`; ``Broker.close()``
+    closes it.  Its two threads (listener and heartbeat) start on first use
+    in each process, so an app imported before gunicorn forks works.
+    """
+
+    shared = True
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
+                 history: int = 10_000, max_age: Optional[float] = None,
+                 presence_ttl: float = 30.0, block: float = 1.0,
+                 socket_timeout: float = 5.0, connect_timeout: float = 2.0,
+                 max_backoff: float = 5.0, batch: int = 512, serializer: Any = json,
+                 fallback: Optional[str] = None,
+                 redis_options: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        if type(history) is not int or history < 0:
+            raise ValueError(f"history must be a non-negative int, not {history!r}")
+        _check_age(max_age)
+        for name, value in (("presence_ttl", presence_ttl), ("block", block),
+                            ("socket_timeout", socket_timeout),
+                            ("connect_timeout", connect_timeout),
+                            ("max_backoff", max_backoff)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if type(batch) is not int or batch < 1:
+            raise ValueError(f"batch must be a positive int, not {batch!r}")
+        if fallback not in (None, "local"):
+            raise ValueError(f"fallback must be None or 'local', not {fallback!r}")
+        if not (hasattr(serializer, "dumps") and hasattr(serializer, "loads")):
+            raise TypeError("serializer must have dumps() and loads() (e.g. json, pickle)")
+        self.url = url
+        self.prefix = prefix
+        self.history = history
+        self.max_age = max_age
+        self.maxlen = max(history, MIN_STREAM_LEN)
+        self.presence_ttl = float(presence_ttl)
+        self.block = float(block)
+        self.max_backoff = float(max_backoff)
+        self.batch = batch
+        self.serializer = serializer
+        self.fallback = fallback
+        self._socket_timeout = float(socket_timeout)
+        self._keys = Keys(prefix)
+        self._connection = Connection(url, socket_timeout=socket_timeout,
+                                      connect_timeout=connect_timeout, block=self.block,
+                                      redis_options=redis_options)
+        self._appender = Appender(self._connection, self._keys, maxlen=self.maxlen,
+                                  max_age=max_age)
+        self._start_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._started_pid: Optional[int] = None
+        self._reset_process_state()
+        _instances.add(self)
+
+    def _reset_process_state(self) -> None:
+        """Per-process state: fresh in each process that uses the backplane
+        (a fork copies the parent's, with threads that do not exist)."""
+        self._stop = threading.Event()
+        self._hb_wake = threading.Event()
+        self._up = True              # written under _state_lock
+        self._listener: Optional[Listener] = None
+        self._presence: Optional[Presence] = None
+        self._replay: Optional[Replay] = None
+        self._heartbeat_thread: Optional[threading.Thread] = None
+        self._node = uuid.uuid4().hex
+        self._publish_errors = 0
+        self._publish_unknown = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        pid = os.getpid()
+        if self._started_pid == pid:
+            return
+        with self._start_lock:
+            if self._started_pid == pid or self._closed:
+                return
+            if self._started_pid is not None:   # forked: the parent's threads are not here
+                self._reset_process_state()
+            broker = self._bound()
+            conn = self._connection
+            listener = Listener(broker, conn.listen_client, self._keys, block=self.block,
+                                batch=self.batch, max_backoff=self.max_backoff,
+                                errors=OUTAGES, on_up=self._set_up, on_down=self._set_down)
+            listener.uids_cap = self.maxlen + self.maxlen // 10 + 1000
+            self._listener = listener
+            self._presence = Presence(conn.client, self._keys, self._node, self.presence_ttl,
+                                      broker.local_clients, broker.has_local_client)
+            self._replay = Replay(broker, conn.client, self._keys, listener,
+                                  maxlen=self.maxlen, wait=self._socket_timeout)
+            self._heartbeat_thread = threading.Thread(target=self._heartbeat,
+                                                      name="gosse-redis-heartbeat",
+                                                      daemon=True)
+            listener.start()
+            self._heartbeat_thread.start()
+            self._started_pid = pid
+
+    @property
+    def available(self) -> bool:
+        """Whether Redis answered the last call (False after a failure, until
+        a call succeeds again)."""
+        return self._up
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the listener and heartbeat threads (joined, within about
+        ``timeout`` seconds), withdraw this process's presence, close the
+        connections.  Called by ``Broker.close()``; idempotent."""
+        import time
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+            started = self._started_pid == os.getpid()
+        self._stop.set()
+        self._hb_wake.set()
+        listener = self._listener
+        if started and listener is not None:
+            listener.stop.set()
+            # Interrupt a blocked XREAD now rather than after `block` s.  Once
+            # may not do: a listener between two calls opens a new connection
+            # and blocks again, so disconnect until it has stopped.
+            deadline = time.monotonic() + timeout
+            for t in (listener.thread, self._heartbeat_thread):
+                while t is not None and t.is_alive() and time.monotonic() < deadline:
+                    self._connection.interrupt_listener()
+                    t.join(0.1)
+            broker = self._broker
+            presence = self._presence
+            if broker is not None and presence is not None and self._up:
+                with presence.lock:
+                    gone = set(broker.local_clients()) | presence.pending_leave
+                try:
+                    presence.withdraw(sorted(gone))
+                except Exception as exc:
+                    log.debug("could not withdraw presence on close: %s",
+                              self._connection.describe(exc))
+        self._connection.close()
+
+    # -- state transitions ---------------------------------------------------
+
+    def _set_down(self, exc: BaseException) -> None:
+        if not self._up:
+            return
+        with self._state_lock:
+            if not self._up:
+                return
+            self._up = False
+        if not self._closed:
+            log.warning("Redis backplane %s unavailable (%s); open streams keep "
+                        "running, publishing fails until it returns",
+                        self._connection.safe_url, self._connection.describe(exc))
+
+    def _set_up(self) -> None:
+        if self._up:
+            return
+        with self._state_lock:
+            if self._up:
+                return
+            self._up = True
+        log.info("Redis backplane %s available again", self._connection.safe_url)
+        self._hb_wake.set()   # re-register presence now (Redis may have lost it)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Note a failed call: an outage marks the backplane down, a refusal
+        (Redis answered) does not."""
+        if isinstance(exc, OUTAGES) and not is_refusal(exc):
+            self._set_down(exc)
+
+    # -- heartbeat -------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        presence = self._presence
+        assert presence is not None
+        while True:
+            self._hb_wake.wait(self.presence_ttl / 3.0)
+            self._hb_wake.clear()
+            if self._stop.is_set():
+                return
+            if not self._up:
+                continue   # the listener finds out when Redis returns, then wakes us
+            try:
+                presence.refresh()
+            except Exception as exc:
+                self._failed(exc)
+                if not isinstance(exc, OUTAGES + (redis.RedisError,)):  # pragma: no cover
+                    log.exception("Redis backplane heartbeat error")
+
+    # -- presence ----------------------------------------------------------------
+
+    def client_joined(self, client_id: str) -> None:
+        self._ensure_started()
+        self._sync_presence(client_id)
+
+    def client_left(self, client_id: str) -> None:
+        self._sync_presence(client_id)
+
+    def _sync_presence(self, client_id: str) -> None:
+        if self._closed or self._started_pid != os.getpid() or self._presence is None:
+            return
+        try:
+            self._presence.sync(client_id, self._up)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _ready(self) -> Presence:
+        self._ensure_started()
+        if self._presence is None:
+            raise BrokerClosedError("the backplane is closed")
+        return self._presence
+
+    def is_client_present(self, client_id: str) -> bool:
+        presence = self._ready()
+        try:
+            found = presence.is_present(client_id)
+        except Exception as exc:
+            self._failed(exc)
+            raise self._error("check presence", exc) from exc
+        self._set_up()
+        return found
+
+    def set_client_metadata(self, client_id: str, metadata: Any) -> None:
+        presence = self._ready()
+        try:
+            value = self.serializer.dumps(metadata)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"client metadata must be serialisable with "
+                            f"{getattr(self.serializer, '__name__', self.serializer)!r} "
+                            f"to be shared through Redis: {exc}") from exc
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        try:
+            ok = presence.set_metadata(client_id, value)
+        except Exception as exc:
+            self._failed(exc)
+            raise self._error("set client metadata", exc) from exc
+        self._set_up()
+        if not ok:
+            raise UnknownClientError(client_id)
+
+    def get_client_metadata(self, client_id: str) -> Any:
+        presence = self._ready()
+        try:
+            found, value = presence.get_metadata(client_id)
+        except Exception as exc:
+            self._failed(exc)
+            raise self._error("get client metadata", exc) from exc
+        self._set_up()
+        if not found:
+            raise UnknownClientError(client_id)
+        return None if value is None else self.serializer.loads(value)
+
+    def _error(self, what: str, exc: BaseException) -> BackplaneError:
+        conn = self._connection
+        if is_refusal(exc):
+            return BackplaneError(f"Redis backplane {conn.safe_url} refused to {what}: "
+                                  f"{conn.describe(exc)}")
+        return BackplaneError(f"Redis backplane {conn.safe_url} unavailable, could not "
+                              f"{what}: {conn.describe(exc)}")
+
+    # -- publishing ----------------------------------------------------------------
+
+    def publish(self, target: Tuple[str, Optional[str]], event: Event) -> int:
+        broker = self._bound()
+        if not isinstance(event, Event):
+            raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
+        if broker.closed:
+            raise BrokerClosedError("the broker is closed")
+        kind, name = target
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{kind} must be a str, not {type(name).__name__}")
+        self._ensure_started()
+        try:
+            found = self._appender.append(kind, name, event, auto_id=broker.auto_id)
+        except BackplaneError as exc:
+            cause = exc.__cause__
+            self._publish_errors += 1
+            if cause is not None:
+                self._failed(cause)
+            if (self.fallback == "local" and cause is not None and not is_refusal(cause)
+                    and type(exc) is BackplaneError):
+                # Certainly not published: deliver here only.
+                log.debug("Redis unavailable: %s delivered to local sessions only", kind)
+                return broker.deliver_local([(None, kind, name, event.encode())])
+            if type(exc) is not BackplaneError:
+                self._publish_unknown += 1
+            raise
+        self._set_up()
+        if found is None:
+            raise UnknownClientError(name or "")
+        # Delivery (here too) is done by the listeners: report how many
+        # sessions of this process the event is addressed to.
+        return broker.local_count(kind, name)
+
+    # -- replay -------------------------------------------------------------------------
+
+    def prepare_replay(self, last_id: Optional[str], client_id: str = "",
+                       topics: Any = frozenset()) -> Any:
+        """Outside the broker lock, before a session is registered: start
+        the listener if needed (so the session misses nothing published from
+        now on), then read what follows ``last_id``."""
+        self._ensure_started()
+        if last_id is None or self.history == 0 or self._replay is None:
+            return None
+        if not self._up:
+            return Replay.reset(last_id)
+        if self._replay is None:
+            return Replay.reset(last_id)
+        try:
+            return self._replay.prepare(last_id, client_id, topics)
+        except Exception as exc:
+            self._failed(exc)
+            if not isinstance(exc, OUTAGES + (redis.RedisError,)):  # pragma: no cover
+                log.exception("Redis backplane replay error")
+            return Replay.reset(last_id)
+
+    def complete_replay(self, conn: Any, token: Any) -> None:
+        """Under the broker lock, no I/O: queue the missed events (topped up
+        with what the listener delivered meanwhile) before any live one."""
+        if token is None:
+            return
+        if self._replay is None:
+            conn.session.preload([reset_event(token.last_id).encode()])
+            return
+        self._replay.complete(conn.session, token)
+
+    # -- stats -------------------------------------------------------------------------
+
+    def stats(self) -> Dict[str, int]:
+        listener, replay = self._listener, self._replay
+        received = listener.received if listener else 0
+        cpu_us = int(listener.cpu * 1e6 / received) if listener and received else 0
+        return {"backplane_up": int(self._up), "backplane_received": received,
+                "backplane_publish_errors": self._publish_errors,
+                "backplane_publish_unknown": self._publish_unknown,
+                "backplane_gaps": listener.gaps if listener else 0,
+                "backplane_resets": ((listener.resets if listener else 0)
+                                     + (replay.resets if replay else 0)),
+                "backplane_lag_ms": listener.lag_ms if listener else 0,
+                "backplane_listener_cpu_us": cpu_us}
+
+    def __repr__(self) -> str:
+        return (f"<RedisBackplane {self._connection.safe_url} prefix={self.prefix!r} "
+                f"{'up' if self._up else 'down'}{' closed' if self._closed else ''}>")

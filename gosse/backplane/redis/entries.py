@@ -1,0 +1,166 @@
+"""The Redis side of the backplane's data: key names, the stream entry
+format, and the one script that appends an entry.
+
+An entry of ``<prefix>:events`` holds:
+
+* ``e``: the dataset epoch, ``s``: its sequence number (1, 2, 3, ... per
+  dataset, from ``HINCRBY <prefix>:state s``, in the same script as the
+  ``XADD``).  A listener that reads ``s`` not following the last one it
+  delivered, or another ``e``, knows entries are missing (trimmed, lost in a
+  restart or a failover) and says so to its streams instead of skipping
+  silently.  The epoch is created (``HSETNX``) by the first append to a
+  dataset: a Redis that restarted empty, was flushed, or is another server
+  gets a new one.
+* ``k``/``n``: the target (``a`` all, ``c`` client, ``t`` topic, and its name);
+* ``u``: the event's own id, or ``a``: the event takes the auto id
+  ``<epoch>-<stream id>``;
+* ``w``: the encoded event (without the auto id line).
+
+Every writer (:class:`~gosse.backplane.redis.RedisBackplane`,
+:class:`~gosse.backplane.redis.Publisher`) appends through :data:`APPEND`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+__all__ = ["Keys", "Entry", "APPEND", "decode", "encode_fields", "new_epoch",
+           "parse_auto_id", "KIND_CODE"]
+
+KIND_CODE = {"all": b"a", "client": b"c", "topic": b"t"}
+_KIND_NAME = {b"a": "all", b"c": "client", b"t": "topic"}
+_U64 = 1 << 64
+_SID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_EPOCH = re.compile(r"[0-9a-z]{1,16}")
+
+# The server's clock in ms (scripts that write after TIME need effects
+# replication, explicit before Redis 5's default changed in 7).
+LUA_NOW = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: stream, state, presence (of the client for a send, else any key)
+# ARGV: maxlen, minid_age_ms (0: none), new epoch, need_presence (1|0),
+#       field, value, ...
+# Returns {stream id, epoch}, or false when need_presence and the client is
+# present nowhere.
+APPEND = LUA_NOW + """
+if ARGV[4] == '1' and redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf') == 0 then
+  return false
+end
+redis.call('HSETNX', KEYS[2], 'e', ARGV[3])
+local e = redis.call('HGET', KEYS[2], 'e')
+local s = redis.call('HINCRBY', KEYS[2], 's', 1)
+local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                       'e', e, 's', s, unpack(ARGV, 5))
+local age = tonumber(ARGV[2])
+if age > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', (now - age) .. '-0')
+end
+return {sid, e}
+"""
+
+
+class Keys:
+    """The Redis keys of one backplane group (one ``prefix``)."""
+
+    __slots__ = ("prefix", "stream", "state", "presence", "meta")
+
+    def __init__(self, prefix: str) -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"prefix must be a non-empty str, not {prefix!r}")
+        self.prefix = prefix
+        self.stream = f"{prefix}:events".encode()
+        self.state = f"{prefix}:state".encode()     # hash: e (epoch), s (last sequence)
+        self.presence = f"{prefix}:p:"               # + client id: sorted set of nodes
+        self.meta = f"{prefix}:m:"                   # + client id: metadata
+
+
+class Entry(NamedTuple):
+    """One decoded stream entry."""
+    sid: bytes                 # the stream id
+    pos: Tuple[int, ...]       # the stream id as numbers, for comparisons
+    epoch: bytes
+    seq: int                   # 0 for an entry written by an older gosse
+    kind: str
+    name: Optional[str]
+    uid: Optional[bytes]       # the event's own id
+    resumable: bool            # it has an id (own or auto)
+    wire: bytes                # the encoded event, with its auto id line
+
+
+def new_epoch() -> bytes:
+    """A random dataset epoch: 8 base-36 characters."""
+    n = int.from_bytes(os.urandom(6), "big")
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    for _ in range(8):
+        n, r = divmod(n, 36)
+        out += digits[r]
+    return out.encode()
+
+
+def seq_of(sid: bytes) -> Tuple[int, int]:
+    ms, _, n = sid.partition(b"-")
+    return int(ms), int(n or 0)
+
+
+def decode(sid: bytes, f: Dict[bytes, bytes]) -> Entry:
+    epoch = f.get(b"e", b"")
+    wire = f.get(b"w", b"")
+    uid = f.get(b"u")
+    auto = uid is None and b"a" in f
+    if auto:
+        wire = b"id: " + epoch + b"-" + sid + b"\n" + wire
+    raw_name = f.get(b"n")
+    return Entry(sid, seq_of(sid), epoch, int(f.get(b"s", 0)),
+                 _KIND_NAME.get(f.get(b"k", b""), "all"),
+                 None if raw_name is None else raw_name.decode("utf-8", "replace"),
+                 uid, auto or uid is not None, wire)
+
+
+def encode_fields(kind: str, name: Optional[str], event_id: Optional[str],
+                  auto_id: bool, wire: bytes) -> List[bytes]:
+    """The ``field, value, ...`` arguments of :data:`APPEND` for an event."""
+    fields = [b"k", KIND_CODE[kind]]
+    if name is not None:
+        fields += [b"n", name.encode("utf-8")]
+    if event_id is not None:
+        fields += [b"u", event_id.encode("utf-8")]
+    elif auto_id:
+        fields += [b"a", b"1"]
+    fields += [b"w", wire]
+    return fields
+
+
+def stream_id(text: str) -> Optional[bytes]:
+    """``text`` as a Redis stream id if it is one Redis accepts (two
+    integers below 2**64), else None: a client's ``Last-Event-ID`` must not
+    reach Redis as an id it refuses."""
+    if not _SID.fullmatch(text):
+        return None
+    ms, _, n = text.partition("-")
+    if int(ms) >= _U64 or int(n) >= _U64:
+        return None
+    return text.encode("ascii")
+
+
+def parse_auto_id(text: str) -> Optional[Tuple[bytes, bytes]]:
+    """``(epoch, stream id)`` of an auto id ``<epoch>-<ms>-<n>``, else None."""
+    epoch, sep, rest = text.partition("-")
+    if not sep or not _EPOCH.fullmatch(epoch):
+        return None
+    sid = stream_id(rest)
+    return None if sid is None else (epoch.encode(), sid)
+
+
+def after(sid: bytes) -> bytes:
+    """The smallest stream id greater than ``sid`` (an exclusive XRANGE
+    start that works before Redis 6.2)."""
+    ms, n = seq_of(sid)
+    if n + 1 >= _U64:
+        return b"%d-0" % (ms + 1)
+    return b"%d-%d" % (ms, n + 1)
