@@ -649,11 +649,23 @@ class Broker:
                     commit()
             n = 0
             slow: List[Session] = []
+            # Consecutive entries for the same recipients go out joined: one
+            # queue put (one wake-up) per session per run, not per entry.
+            run: List[bytes] = []
+            run_targets: Tuple[Session, ...] = ()
             for pos, wire, targets in work:
                 if floors:
                     targets = tuple(s for s in targets
                                     if (floors.get(s) is None or pos > floors[s]))
-                k, dropped = self._fan_out(wire, targets)
+                if run and targets != run_targets:
+                    k, dropped = self._fan_out(b"".join(run), run_targets, len(run))
+                    n += k
+                    slow += dropped
+                    run = []
+                run.append(wire)
+                run_targets = targets
+            if run:
+                k, dropped = self._fan_out(b"".join(run), run_targets, len(run))
                 n += k
                 slow += dropped
             if floors and work:
@@ -664,9 +676,11 @@ class Broker:
             self._drop_slow(slow)
         return n
 
-    def _fan_out(self, wire: bytes, recipients: Tuple[Session, ...]) -> Tuple[int, List[Session]]:
-        """Under the delivery lock: queue ``wire`` for each recipient, and
-        hand it (framed once) to the writer for the handed-over ones."""
+    def _fan_out(self, wire: bytes, recipients: Tuple[Session, ...],
+                 events: int = 1) -> Tuple[int, List[Session]]:
+        """Under the delivery lock: queue ``wire`` (``events`` encoded
+        events) for each recipient, and hand it (framed once) to the writer
+        for the handed-over ones.  Returns the deliveries, in events."""
         n = handed = 0
         slow: List[Session] = []
         for s in recipients:
@@ -682,6 +696,7 @@ class Broker:
             if writer is not None:
                 writer.deliver(frame_chunk(wire), recipients)
                 n += handed
+        n *= events
         self._counts["events_delivered"] += n
         return n, slow
 
