@@ -16,7 +16,7 @@ How it works
   ``<prefix>:events``, bounded by ``history`` (``MAXLEN ~``) and optionally
   ``max_age`` (``MINID ~``).  Each process runs one listener thread that
   reads that stream with ``XREAD BLOCK`` and delivers each batch to its own
-  matching sessions (:mod:`.listener`): every session everywhere sees events
+  matching sessions (``listener``): every session everywhere sees events
   in one order.
 * **Nothing skipped silently.**  Every entry carries its dataset's epoch and
   a sequence number.  A listener that finds entries missing (it fell behind
@@ -26,15 +26,15 @@ How it works
 * **Ids and replay.**  With ``Broker(auto_id=True)`` an event without an id
   gets ``<epoch>-<stream id>``, globally ordered, never reused by another
   dataset.  A session connecting with ``Last-Event-ID`` gets the entries
-  after that id that it may see (:mod:`.replay`), read page by page outside
+  after that id that it may see (``replay``), read page by page outside
   the broker's lock and bounded by the session's ``queue_size`` and
   ``queue_bytes``, queued atomically with live delivery: no duplicate, no
   gap, whichever process it reconnects to.  Beyond the bounds, or for an id
   not in the stream, the session gets ``gosse-reset``.
-* **Presence and metadata** (:mod:`.presence`): a client is present while
+* **Presence and metadata** (``presence``): a client is present while
   any process holds a session of it, refreshed by one heartbeat thread per
   process every ``presence_ttl / 3`` seconds.
-* **Faults** (:mod:`.connection`).  If Redis goes away, open sessions keep
+* **Faults** (``connection``).  If Redis goes away, open sessions keep
   streaming, new sessions are accepted (a ``Last-Event-ID`` that cannot be
   resolved gets ``gosse-reset``), and ``broadcast``/``send``/``publish``/
   presence/metadata raise :class:`~gosse.errors.BackplaneError` (or, with
