@@ -188,11 +188,16 @@ class Listener:
             pipe = self.client.pipeline(transaction=False)
             pipe.xrange(self.keys.stream, pos, pos, count=1)
             pipe.xrange(self.keys.stream, "-", "+", count=1)
-            here, first = pipe.execute()
+            pipe.xrevrange(self.keys.stream, "+", "-", count=1)
+            here, first, last = pipe.execute()
             trimmed = bool(first) and seq_of(first[0][0]) > seq_of(pos)
             if not here and not trimmed:
+                # Read on from where the new data and ours last agree: after
+                # its last entry if that is older than ours (a replica that
+                # had not received our last entries), else after ours.
+                resume = min(pos, last[0][0], key=seq_of) if last else b"0-0"
                 self._gap("Redis no longer has the last entry delivered (restarted, "
-                          "flushed or failed over)", pos)
+                          "flushed or failed over)", resume)
         self.verify = False
 
     # -- delivery ----------------------------------------------------------------
@@ -253,16 +258,19 @@ class Listener:
         kept.append(Entry(b"", before, b"", _GAP_SEQ, "all", None, None, False, _GAP_WIRE))
         self._note_gap(why)
 
-    def _gap(self, why: str, pos: bytes) -> None:
-        """Reset every local stream now (no entry follows yet)."""
-        p = seq_of(pos)
+    def _gap(self, why: str, resume: bytes) -> None:
+        """Reset every local stream now (no entry follows yet) and read on
+        after ``resume``."""
+        p = seq_of(resume)
         marker = Entry(b"", (p[0], p[1], 1), b"", _GAP_SEQ, "all", None, None, False,
-                       _GAP_WIRE)   # just after `pos`, before whatever follows it
+                       _GAP_WIRE)   # just after `resume`, before whatever follows it
 
         def commit() -> None:
+            # What the ring held is of the old data: a replay from it resets.
+            self.ring.clear()
             self.ring.append(marker)
-            if len(self.ring) > RING_SIZE:
-                self.ring_from = self.ring.popleft().pos
+            self.ring_from = p
+            self.delivered = resume
             self.epoch = self.seq = None     # adopt what the new data holds
         self.broker.deliver_local([(None, "all", None, _GAP_WIRE)], commit=commit)
         self._note_gap(why)
