@@ -394,7 +394,9 @@ class RedisBackplane(Backplane):
             raise TypeError(f"{kind} must be a str, not {type(name).__name__}")
         self._ensure_started()
         try:
-            found = self._appender.append(kind, name, event, auto_id=broker.auto_id)
+            found = self._appender.append(
+                kind, name, event, auto_id=broker.auto_id,
+                check_presence=not (kind == "client" and broker.has_local_client(name or "")))
         except BackplaneError as exc:
             cause = exc.__cause__
             self._publish_errors += 1

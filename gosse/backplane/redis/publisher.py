@@ -39,16 +39,18 @@ class Appender:
         self.max_age_ms = 0 if max_age is None else max(1, int(max_age * 1000))
         self._script = connection.client.register_script(APPEND)
 
-    def append(self, kind: str, name: Optional[str], event: Event, *,
-               auto_id: bool) -> Optional[Tuple[bytes, bytes]]:
-        """``(stream id, epoch)``, or None for a ``send`` nobody can receive."""
+    def append(self, kind: str, name: Optional[str], event: Event, *, auto_id: bool,
+               check_presence: bool = True) -> Optional[Tuple[bytes, bytes]]:
+        """``(stream id, epoch)``, or None for a ``send`` to a client that
+        is present nowhere (checked atomically with the append unless
+        ``check_presence`` is False: the caller knows it is present)."""
         fields = encode_fields(kind, name, event.id, auto_id, event.encode())
-        presence = self.keys.presence + name if kind == "client" and name else self.keys.state
+        need = kind == "client" and check_presence
+        presence = self.keys.presence + name if need and name else self.keys.state
         try:
             found = self._script(
                 keys=[self.keys.stream, self.keys.state, presence],
-                args=[self.maxlen, self.max_age_ms, new_epoch(),
-                      1 if kind == "client" else 0, *fields])
+                args=[self.maxlen, self.max_age_ms, new_epoch(), 1 if need else 0, *fields])
         except Exception as exc:
             raise self.error(kind, name, exc) from exc
         if not found:
