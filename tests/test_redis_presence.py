@@ -8,16 +8,21 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
+import redis_fixture
 from broker_app import make_app
 from gosse import Broker, Event, UnknownClientError
 from gosse.errors import BackplaneError
-from redis_fixture import own_redis_server, redis_prefix, redis_server  # noqa: F401
 from servers import ROOT, SSEReader, wait_until, werkzeug_server
+
+# The shared fixtures, by assignment (an import would be shadowed by the
+# test parameters of the same name).
+redis_server = redis_fixture.redis_server
+own_redis_server = redis_fixture.own_redis_server
+redis_prefix = redis_fixture.redis_prefix
 
 
 @pytest.fixture
