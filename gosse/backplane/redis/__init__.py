@@ -33,7 +33,11 @@ How it works
   not in the stream, the session gets ``gosse-reset``.
 * **Presence and metadata** (:mod:`.presence`): a client is present while
   any process holds a session of it, refreshed by one heartbeat thread per
-  process every ``presence_ttl / 3`` seconds.
+  process every ``presence_ttl / 3`` seconds.  After Redis lost its data,
+  each process restores its clients' presence and metadata; until all had
+  the time to (:attr:`RedisBackplane.rebuild_grace`), nobody is declared
+  absent (a ``send`` is appended, a lookup waits, then raises
+  :class:`~gosse.errors.BackplaneError`).
 * **Faults** (:mod:`.connection`).  If Redis goes away, open sessions keep
   streaming, new sessions are accepted (a ``Last-Event-ID`` that cannot be
   resolved gets ``gosse-reset``), and ``broadcast``/``send``/``publish``/
@@ -81,7 +85,11 @@ _instances: weakref.WeakSet[RedisBackplane] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     # A lock held by a thread of the parent at fork time stays held in the
-    # child, where that thread does not exist.
+    # child, where that thread does not exist.  These are renewed rather
+    # than taken before the fork (as gosse.broker does for the broker's):
+    # what they guard is rebuilt in the child (_reset_process_state, a new
+    # Presence with its own lock), and the heartbeat holds the presence lock
+    # across Redis calls, which a fork must not wait for.
     for backplane in list(_instances):
         backplane._start_lock = threading.Lock()
         backplane._state_lock = threading.Lock()
