@@ -67,6 +67,35 @@ def live_brokers() -> List[Broker]:
     gunicorn worker of an app loaded with ``--preload``) has their copies."""
     return [b for b in list(_live) if not b._closed]
 
+
+# A fork copies the locks as they are: one held by another thread (a
+# backplane's listener delivering, a request publishing) would stay held in
+# the child, where that thread does not exist, and the child's first
+# publish or connect would hang.  So the forking thread takes every
+# broker's locks, in their order, before the fork, and releases them on
+# both sides: the child gets them free, with the state they guard whole.
+# (These are Locks, not RLocks: the child's only thread may release them.)
+_forking: List[Tuple[threading.Lock, threading.Lock]] = []   # the forking thread's only
+
+
+def _before_fork() -> None:
+    for broker in list(_live):
+        broker._deliver_lock.acquire()
+        broker._lock.acquire()
+        _forking.append((broker._deliver_lock, broker._lock))
+
+
+def _after_fork() -> None:
+    while _forking:
+        deliver_lock, lock = _forking.pop()
+        lock.release()
+        deliver_lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
+                        after_in_child=_after_fork)
+
 _STREAM_HEADERS = [
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache, no-transform"),

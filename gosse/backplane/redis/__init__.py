@@ -33,7 +33,11 @@ How it works
   not in the stream, the session gets ``gosse-reset``.
 * **Presence and metadata** (``presence``): a client is present while
   any process holds a session of it, refreshed by one heartbeat thread per
-  process every ``presence_ttl / 3`` seconds.
+  process every ``presence_ttl / 3`` seconds.  After Redis lost its data,
+  each process restores its clients' presence and metadata; until all had
+  the time to (:attr:`RedisBackplane.rebuild_grace`), nobody is declared
+  absent (a ``send`` is appended, a lookup waits, then raises
+  :class:`~gosse.errors.BackplaneError`).
 * **Faults** (``connection``).  If Redis goes away, open sessions keep
   streaming, new sessions are accepted (a ``Last-Event-ID`` that cannot be
   resolved gets ``gosse-reset``), and ``broadcast``/``send``/``publish``/
@@ -66,7 +70,7 @@ from ...errors import BackplaneError, BrokerClosedError, UnknownClientError
 from ...event import Event, reset_event
 from .. import Backplane
 from .connection import OUTAGES, Connection, is_refusal
-from .entries import Keys
+from .entries import Dataset, Keys
 from .listener import Listener
 from .presence import Presence
 from .publisher import MIN_STREAM_LEN, Appender, Publisher, _check_age
@@ -81,7 +85,11 @@ _instances: weakref.WeakSet[RedisBackplane] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     # A lock held by a thread of the parent at fork time stays held in the
-    # child, where that thread does not exist.
+    # child, where that thread does not exist.  These are renewed rather
+    # than taken before the fork (as gosse.broker does for the broker's):
+    # what they guard is rebuilt in the child (_reset_process_state, a new
+    # Presence with its own lock), and the heartbeat holds the presence lock
+    # across Redis calls, which a fork must not wait for.
     for backplane in list(_instances):
         backplane._start_lock = threading.Lock()
         backplane._state_lock = threading.Lock()
@@ -110,8 +118,11 @@ class RedisBackplane(Backplane):
     * ``max_backoff``: cap of the listener's reconnection delay (seconds).
     * ``batch``: entries the listener reads and delivers at once.
     * ``serializer``: an object with ``dumps``/``loads`` for client metadata
-      (``json`` by default; ``pickle`` allows any value but trusts whoever
-      can write to Redis).
+      (``json`` by default: a value that would not come back equal, such as
+      a tuple or a dict with int keys, is refused with a TypeError;
+      ``pickle`` allows any value but trusts whoever can write to Redis).
+    * ``max_metadata_bytes``: the most one client's serialised metadata may
+      take (ValueError beyond).
     * ``fallback``: ``None`` (publishing raises :class:`~gosse.errors.BackplaneError` while
       Redis is unreachable) or ``"local"`` (deliver to this process's
       sessions only, not resumable, and log it).
@@ -129,7 +140,7 @@ class RedisBackplane(Backplane):
                  presence_ttl: float = 30.0, block: float = 1.0,
                  socket_timeout: float = 5.0, connect_timeout: float = 2.0,
                  max_backoff: float = 5.0, batch: int = 512, serializer: Any = json,
-                 fallback: Optional[str] = None,
+                 max_metadata_bytes: int = 64 * 1024, fallback: Optional[str] = None,
                  redis_options: Optional[Dict[str, Any]] = None):
         super().__init__()
         if type(history) is not int or history < 0:
@@ -147,6 +158,9 @@ class RedisBackplane(Backplane):
             raise ValueError(f"fallback must be None or 'local', not {fallback!r}")
         if not (hasattr(serializer, "dumps") and hasattr(serializer, "loads")):
             raise TypeError("serializer must have dumps() and loads() (e.g. json, pickle)")
+        if type(max_metadata_bytes) is not int or max_metadata_bytes < 1:
+            raise ValueError("max_metadata_bytes must be a positive int, "
+                             f"not {max_metadata_bytes!r}")
         self.url = url
         self.prefix = prefix
         self.history = history
@@ -157,14 +171,18 @@ class RedisBackplane(Backplane):
         self.max_backoff = float(max_backoff)
         self.batch = batch
         self.serializer = serializer
+        self.max_metadata_bytes = max_metadata_bytes
         self.fallback = fallback
         self._socket_timeout = float(socket_timeout)
         self._keys = Keys(prefix)
         self._connection = Connection(url, socket_timeout=socket_timeout,
                                       connect_timeout=connect_timeout, block=self.block,
                                       redis_options=redis_options)
+        # What this process knows of the dataset (see Dataset): shared by the
+        # appends and the presence lookups; a new one wakes the heartbeat.
+        self._dataset = Dataset(self.rebuild_grace, on_new=lambda: self._hb_wake.set())
         self._appender = Appender(self._connection, self._keys, maxlen=self.maxlen,
-                                  max_age=max_age)
+                                  max_age=max_age, dataset=self._dataset)
         self._start_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._closed = False
@@ -205,7 +223,8 @@ class RedisBackplane(Backplane):
             listener.uids_cap = self.maxlen + self.maxlen // 10 + 1000
             self._listener = listener
             self._presence = Presence(conn.client, self._keys, self._node, self.presence_ttl,
-                                      broker.local_clients, broker.has_local_client)
+                                      broker.local_clients, broker.has_local_client,
+                                      self._dataset, wait=self._socket_timeout)
             self._replay = Replay(broker, conn.client, self._keys, listener,
                                   maxlen=self.maxlen, wait=self._socket_timeout)
             self._heartbeat_thread = threading.Thread(target=self._heartbeat,
@@ -214,6 +233,15 @@ class RedisBackplane(Backplane):
             listener.start()
             self._heartbeat_thread.start()
             self._started_pid = pid
+
+    @property
+    def rebuild_grace(self) -> float:
+        """Seconds after Redis lost its data (restart, flush, failover)
+        within which every live process has re-registered its clients: the
+        heartbeat interval, or the reconnection delay (``max_backoff`` plus
+        one ``block``) if longer, plus a second.  Until then a lookup
+        that finds nobody is not trusted."""
+        return max(self.presence_ttl / 3.0, self.max_backoff + self.block) + 1.0
 
     @property
     def available(self) -> bool:
@@ -295,15 +323,20 @@ class RedisBackplane(Backplane):
     def _heartbeat(self) -> None:
         presence = self._presence
         assert presence is not None
+        first = True     # at once: learn the dataset, re-register a forked copy's clients
         while True:
-            self._hb_wake.wait(self.presence_ttl / 3.0)
-            self._hb_wake.clear()
+            if not first:
+                # While Redis is away, retry as often as the listener does:
+                # presence must be back as soon as Redis is (see rebuild_grace).
+                interval = self.presence_ttl / 3.0
+                self._hb_wake.wait(interval if self._up else min(interval, self.max_backoff))
+                self._hb_wake.clear()
+            first = False
             if self._stop.is_set():
                 return
-            if not self._up:
-                continue   # the listener finds out when Redis returns, then wakes us
             try:
                 presence.refresh()
+                self._set_up()
             except Exception as exc:
                 self._failed(exc)
                 if not isinstance(exc, OUTAGES + (redis.RedisError,)):  # pragma: no cover
@@ -336,6 +369,8 @@ class RedisBackplane(Backplane):
         presence = self._ready()
         try:
             found = presence.is_present(client_id)
+        except BackplaneError:
+            raise   # presence is being rebuilt
         except Exception as exc:
             self._failed(exc)
             raise self._error("check presence", exc) from exc
@@ -344,16 +379,11 @@ class RedisBackplane(Backplane):
 
     def set_client_metadata(self, client_id: str, metadata: Any) -> None:
         presence = self._ready()
-        try:
-            value = self.serializer.dumps(metadata)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"client metadata must be serialisable with "
-                            f"{getattr(self.serializer, '__name__', self.serializer)!r} "
-                            f"to be shared through Redis: {exc}") from exc
-        if isinstance(value, str):
-            value = value.encode("utf-8")
+        value = self._serialise(metadata)
         try:
             ok = presence.set_metadata(client_id, value)
+        except BackplaneError:
+            raise
         except Exception as exc:
             self._failed(exc)
             raise self._error("set client metadata", exc) from exc
@@ -361,10 +391,35 @@ class RedisBackplane(Backplane):
         if not ok:
             raise UnknownClientError(client_id)
 
+    def _serialise(self, metadata: Any) -> bytes:
+        """``metadata`` as stored in Redis; TypeError if it cannot be, or
+        would not come back as it is; ValueError beyond ``max_metadata_bytes``."""
+        name = getattr(self.serializer, "__name__", self.serializer)
+        try:
+            value = self.serializer.dumps(metadata)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"client metadata must be serialisable with {name!r} "
+                            f"to be shared through Redis: {exc}") from exc
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if len(value) > self.max_metadata_bytes:
+            raise ValueError(f"client metadata is {len(value)} bytes serialised, more than "
+                             f"max_metadata_bytes={self.max_metadata_bytes}")
+        # Every process must read what was set: JSON turns a tuple into a
+        # list, int keys into str, NaN into a value unequal to itself.
+        if self.serializer is json and json.loads(value) != metadata:
+            raise TypeError("client metadata must come back from JSON equal to what was "
+                            "set (no tuples, no non-str dict keys, no NaN): convert it "
+                            "first (e.g. list(value)), or use serializer=pickle; "
+                            f"{type(metadata).__name__} value refused")
+        return bytes(value)
+
     def get_client_metadata(self, client_id: str) -> Any:
         presence = self._ready()
         try:
             found, value = presence.get_metadata(client_id)
+        except BackplaneError:
+            raise
         except Exception as exc:
             self._failed(exc)
             raise self._error("get client metadata", exc) from exc

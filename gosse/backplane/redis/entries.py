@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-__all__ = ["Keys", "Entry", "APPEND", "decode", "encode_fields", "new_epoch",
+__all__ = ["Keys", "Entry", "APPEND", "Dataset", "decode", "encode_fields", "new_epoch",
            "parse_auto_id", "KIND_CODE"]
 
 KIND_CODE = {"all": b"a", "client": b"c", "topic": b"t"}
@@ -42,26 +42,85 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# Whether "present nowhere" may be wrong because presence is being rebuilt
+# (see Dataset), and the dataset's epoch (created if missing).  A caller
+# that knew another epoch has just found a new dataset: it opens the
+# rebuilding window, ``grace`` ms long, that the other processes need to
+# re-register.  Returns {ms left in the window (0: the answer is sure), epoch}.
+LUA_UNSURE = """
+local function unsure(state, known, grace, fresh)
+  redis.call('HSETNX', state, 'e', fresh)
+  local e = redis.call('HGET', state, 'e')
+  local r = tonumber(redis.call('HGET', state, 'r') or '0')
+  if known ~= '' and e ~= known and r < now + grace then
+    r = now + grace
+    redis.call('HSET', state, 'r', r)
+  end
+  return {math.max(0, r - now), e}
+end
+"""
+
 # KEYS: stream, state, presence (of the client for a send, else any key)
 # ARGV: maxlen, minid_age_ms (0: none), new epoch, need_presence (1|0),
-#       field, value, ...
+#       known epoch ('' if none), rebuild grace ms, field, value, ...
 # Returns {stream id, epoch}, or false when need_presence and the client is
-# present nowhere.
-APPEND = LUA_NOW + """
-if ARGV[4] == '1' and redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf') == 0 then
+# present nowhere (and presence is not being rebuilt: then it appends).
+APPEND = LUA_NOW + LUA_UNSURE + """
+local u = unsure(KEYS[2], ARGV[5], tonumber(ARGV[6]), ARGV[3])
+if ARGV[4] == '1' and u[1] == 0
+    and redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf') == 0 then
   return false
 end
-redis.call('HSETNX', KEYS[2], 'e', ARGV[3])
-local e = redis.call('HGET', KEYS[2], 'e')
+local e = u[2]
 local s = redis.call('HINCRBY', KEYS[2], 's', 1)
 local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-                       'e', e, 's', s, unpack(ARGV, 5))
+                       'e', e, 's', s, unpack(ARGV, 7))
 local age = tonumber(ARGV[2])
 if age > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', (now - age) .. '-0')
 end
 return {sid, e}
 """
+
+
+class Dataset:
+    """What one process (or :class:`~gosse.backplane.redis.Publisher`)
+    knows of the Redis dataset it talks to, so that a Redis that lost its
+    data (restarted empty, flushed, failed over) is not taken for one where
+    nobody is connected.
+
+    ``epoch`` is the dataset's epoch as last seen (``<prefix>:state`` field
+    ``e``); ``grace_ms`` bounds how long after a new dataset appears every
+    live process has re-registered its clients.  The first caller that
+    finds an epoch other than the one it knew sets the state's field ``r``
+    (rebuilt by, server ms) to now + ``grace_ms``: until then a lookup that
+    finds nobody is not sure (a ``send`` appends anyway, presence and
+    metadata lookups wait or raise).  A process that never saw a dataset
+    (``epoch`` empty) cannot tell a fresh one from a wiped one and takes
+    presence as it finds it.
+
+    Ownership: ``epoch`` is written by whichever thread has just had Redis's
+    answer (an assignment; the last writer wins with what Redis just said).
+    """
+
+    __slots__ = ("epoch", "grace_ms", "on_new")
+
+    def __init__(self, grace: float, on_new: Optional[Callable[[], None]] = None) -> None:
+        self.epoch = b""
+        self.grace_ms = max(1, int(grace * 1000))
+        self.on_new = on_new
+
+    def saw(self, epoch: Any) -> None:
+        """Note the epoch Redis answered; call ``on_new`` if it changed."""
+        if not isinstance(epoch, bytes) or epoch == self.epoch:
+            return
+        known, self.epoch = self.epoch, epoch
+        if known and self.on_new is not None:
+            self.on_new()
+
+    def args(self) -> List[Any]:
+        """The ``known epoch, grace ms`` arguments of the scripts."""
+        return [self.epoch, self.grace_ms]
 
 
 class Keys:

@@ -8,13 +8,18 @@ from typing import Any, Dict, Optional, Tuple
 from ...errors import BackplaneError, PublishOutcomeUnknownError, UnknownClientError
 from ...event import Event
 from .connection import OUTAGES, Connection, is_refusal, was_sent
-from .entries import APPEND, Keys, encode_fields, new_epoch
+from .entries import APPEND, Dataset, Keys, encode_fields, new_epoch
 
 __all__ = ["Appender", "Publisher", "MIN_STREAM_LEN"]
 
 #: The stream keeps at least this many entries: besides replay, it buffers
 #: delivery for listeners that fall behind.
 MIN_STREAM_LEN = 1000
+#: How long after Redis lost its data a writer that does not know the
+#: brokers' settings takes presence for incomplete (seconds): the brokers'
+#: re-registration bound with the default ``presence_ttl`` and
+#: ``max_backoff`` (see :meth:`RedisBackplane.rebuild_grace`).
+DEFAULT_REBUILD_GRACE = 12.0
 
 
 def publish_what(kind: str, name: Optional[str]) -> str:
@@ -32,8 +37,9 @@ class Appender:
     present nowhere), or one of three errors (see :mod:`.connection`)."""
 
     def __init__(self, connection: Connection, keys: Keys, *, maxlen: int,
-                 max_age: Optional[float]) -> None:
+                 max_age: Optional[float], dataset: Optional[Dataset] = None) -> None:
         self.connection = connection
+        self.dataset = dataset if dataset is not None else Dataset(DEFAULT_REBUILD_GRACE)
         self.keys = keys
         self.maxlen = maxlen
         self.max_age_ms = 0 if max_age is None else max(1, int(max_age * 1000))
@@ -50,11 +56,13 @@ class Appender:
         try:
             found = self._script(
                 keys=[self.keys.stream, self.keys.state, presence],
-                args=[self.maxlen, self.max_age_ms, new_epoch(), 1 if need else 0, *fields])
+                args=[self.maxlen, self.max_age_ms, new_epoch(), 1 if need else 0,
+                      *self.dataset.args(), *fields])
         except Exception as exc:
             raise self.error(kind, name, exc) from exc
         if not found:
             return None
+        self.dataset.saw(found[1])
         return found[0], found[1]
 
     def error(self, kind: str, name: Optional[str], exc: BaseException) -> BackplaneError:
