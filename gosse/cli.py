@@ -162,9 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("-d", "--data", required=True, help="the event's data (text)")
     publish.add_argument("-e", "--event", default=None, metavar="TYPE",
                          help="the event type (default: none, i.e. 'message')")
-    publish.add_argument("--id", default=None, help="the event id (the demo numbers "
-                                                    "events without one; with --redis "
-                                                    "it gets the brokers' auto id)")
+    publish.add_argument("--id", default=None,
+                         help="the event id (without one, the demo numbers the event, "
+                              "and with --redis it gets the group's auto id)")
     publish.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S",
                          help="seconds to wait for the server or Redis "
                               "(default: %(default)s)")
@@ -224,7 +224,7 @@ def _header(text: str) -> Tuple[str, str]:
 
 # -- helpers --------------------------------------------------------------------
 
-def _say(command: str, message: str) -> None:
+def _say(command: str, message: object) -> None:
     """One line on stderr, e.g. ``gosse listen: cannot connect to ...``."""
     message = " ".join(str(message).split())  # one line, whatever the message holds
     print(f"gosse {command}: {message}", file=sys.stderr, flush=True)
@@ -519,8 +519,7 @@ def _publish_http(args: argparse.Namespace) -> int:
 
 def _publish_redis(args: argparse.Namespace) -> int:
     from ._redact import redact_url
-    from .errors import (BackplaneError, EventError, PublishOutcomeUnknownError,
-                         UnknownClientError)
+    from .errors import BackplaneError, EventError, PublishOutcomeUnknownError, UnknownClientError
     from .event import Event
 
     if args.url is not None:
@@ -538,6 +537,7 @@ def _publish_redis(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         from .backplane.redis import Publisher
+        from .backplane.redis.connection import OUTAGES, is_refusal
     except ImportError as exc:   # the redis package is missing
         _say("publish", exc)
         return EXIT_ERROR
@@ -570,7 +570,6 @@ def _publish_redis(args: argparse.Namespace) -> int:
         except BackplaneError as exc:
             _say("publish", exc)
             cause = exc.__cause__
-            from .backplane.redis.connection import OUTAGES, is_refusal
             if isinstance(cause, OUTAGES) and not is_refusal(cause):
                 return EXIT_UNREACHABLE
             return EXIT_ERROR

@@ -242,9 +242,8 @@ def test_cli_wrong_password_is_a_refusal_not_an_outage():
                           "--data", "x")
         assert wrong.returncode == 1, wrong.stderr
         assert "refused" in wrong.stderr and "wrong-pw-2" not in wrong.stderr
-        ok = gosse_cli("--redis", env={"GOSSE_REDIS_URL":
-                                       f"redis://:right-pw-1@127.0.0.1:{server.port}/0"},
-                       *("--data", "x"))
+        ok = gosse_cli("--redis", "--data", "x", env={
+            "GOSSE_REDIS_URL": f"redis://:right-pw-1@127.0.0.1:{server.port}/0"})
         assert ok.returncode == 0, ok.stderr
         assert "right-pw-1" not in ok.stdout + ok.stderr and ":***@" in ok.stdout
 

@@ -10,10 +10,10 @@ import uuid
 from html import escape
 
 from flask import Flask, jsonify, request
+from tasks import PREFIX, REDIS_URL, export
 
 from gosse import Broker
 from gosse.backplane.redis import RedisBackplane
-from tasks import PREFIX, REDIS_URL, export
 
 app = Flask(__name__)
 

@@ -15,7 +15,7 @@ import time
 
 from celery import Celery
 
-from gosse import JSONEvent, UnknownClientError
+from gosse import BackplaneError, JSONEvent, UnknownClientError
 from gosse.backplane.redis import Publisher
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -32,15 +32,17 @@ log = logging.getLogger(__name__)
 
 
 def report(client_id: str, event: JSONEvent) -> bool:
-    """Send ``event`` to the client's streams; False if it is connected to
-    no web worker right now (the work goes on; the page asks ``/jobs`` for
-    the state when it comes back)."""
+    """Send ``event`` to the client's streams.  Progress is best effort: the
+    job goes on when the client is connected to no web worker right now, or
+    when Redis cannot take the event (False)."""
     try:
         publisher.send(client_id, event)
         return True
     except UnknownClientError:
         log.info("client %s is not connected; progress not shown", client_id)
-        return False
+    except BackplaneError as exc:   # Redis unreachable, refused, or no answer
+        log.warning("progress of %s not published: %s", client_id, exc)
+    return False
 
 
 @app.task

@@ -6,8 +6,13 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 from ..._redact import Redactor, redact_url
-from ...errors import (BackplaneConfigError, BackplaneError, BrokerClosedError,
-                       PublishOutcomeUnknownError, UnknownClientError)
+from ...errors import (
+    BackplaneConfigError,
+    BackplaneError,
+    BrokerClosedError,
+    PublishOutcomeUnknownError,
+    UnknownClientError,
+)
 from ...event import Event
 from .connection import OUTAGES, Connection, is_refusal, was_sent
 from .entries import APPEND, Keys, encode_fields, new_epoch
