@@ -267,15 +267,17 @@ def test_publisher_api_errors_and_secrets(redis_server):  # noqa: F811
         with pytest.raises(UnknownClientError):
             publisher.send("nobody", Event("x"))
         assert AUTO_ID.fullmatch(publisher.publish("nobody listens", Event("x")))
+        with Publisher(redis_server.url, prefix=prefix, auto_id=False) as plain:
+            assert plain.broadcast(Event("no id")) is None
         # Neither the refused send nor the type errors appended anything.
-        assert redis_server.client().xlen(f"{prefix}:events") == 1
+        assert redis_server.client().xlen(f"{prefix}:events") == 2
         threads = [threading.Thread(target=publisher.broadcast, args=(Event(f"t{i}"),))
                    for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(10)
-        assert redis_server.client().xlen(f"{prefix}:events") == 9
+        assert redis_server.client().xlen(f"{prefix}:events") == 10
     assert publisher.closed and "closed" in repr(publisher)
     with pytest.raises(BrokerClosedError):
         publisher.broadcast(Event("late"))
@@ -289,8 +291,7 @@ def test_celery_task_reports_progress_to_a_browser_stream(redis_server):  # noqa
            "CELERY_BROKER_URL": redis_server.url.rsplit("/", 1)[0] + "/1"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "solo",
-         "--without-heartbeat", "--without-gossip", "--without-mingle",
-         "--loglevel", "warning"],
+         "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "info"],
         cwd=EXAMPLE, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         with gunicorn_server("app:app", workers=WORKERS, threads=20, env=env,
@@ -305,17 +306,25 @@ def test_celery_task_reports_progress_to_a_browser_stream(redis_server):  # noqa
                 job = started.json()["job"]
                 stream.next_event(lambda e: e.event == "done", timeout=15)
                 events = [e for e in stream.events if e.event in ("progress", "done")]
-        assert [(e.event, json.loads(e.data)) for e in events] == [
-            ("progress", {"job": job, "done": 1, "total": 3}),
-            ("progress", {"job": job, "done": 2, "total": 3}),
-            ("progress", {"job": job, "done": 3, "total": 3}),
-            ("done", {"job": job, "result": f"/exports/{job}.csv"})]
-        assert all(AUTO_ID.fullmatch(e.id) for e in events)
-    finally:
-        worker.terminate()
-        try:
-            out = worker.communicate(timeout=10)[0].decode(errors="replace")
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            out = worker.communicate(timeout=5)[0].decode(errors="replace")
-    assert "Traceback" not in out, out
+    except BaseException:
+        print("celery worker output:\n" + stop_worker(worker))
+        raise
+    out = stop_worker(worker)
+    assert [(e.event, json.loads(e.data)) for e in events] == [
+        ("progress", {"job": job, "done": 1, "total": 3}),
+        ("progress", {"job": job, "done": 2, "total": 3}),
+        ("progress", {"job": job, "done": 3, "total": 3}),
+        ("done", {"job": job, "result": f"/exports/{job}.csv"})], out
+    assert all(AUTO_ID.fullmatch(e.id) for e in events)
+    assert "Task tasks.export[" in out and "succeeded" in out, out
+    assert "Traceback" not in out and "not connected" not in out, out
+
+
+def stop_worker(worker):
+    """SIGTERM (Celery's warm shutdown), then SIGKILL; its output."""
+    worker.terminate()
+    try:
+        return worker.communicate(timeout=10)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        return worker.communicate(timeout=5)[0].decode(errors="replace")
