@@ -146,6 +146,8 @@ class Publisher:
         self.url = self.connection.safe_url
         self.appender = Appender(self.connection, self.keys,
                                  maxlen=max(history, MIN_STREAM_LEN), max_age=max_age)
+        # Set once by close(), read without a lock: a publish racing close()
+        # may still go out (or fail as unavailable), never half-done.
         self._closed = False
 
     @property
