@@ -3,7 +3,9 @@
 Also runnable as ``python -m gosse``.  Exit status: 0 success, 1 a fatal
 error (one line on stderr), 2 a usage error, 130 interrupted by Ctrl-C;
 ``gosse listen --count N --timeout S`` exits 124 when fewer than N events
-arrived in S seconds.
+arrived in S seconds; ``gosse publish --redis`` exits 3 when Redis cannot be
+reached (not published), 4 when its answer was lost (maybe published) and 5
+when ``--client`` is connected to no broker.
 """
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 124      # as timeout(1): --count not reached within --timeout
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: whoever read our output went away
+# gosse publish --redis: what a script needs to tell apart (retry or not).
+EXIT_UNREACHABLE = 3    # Redis unreachable: certainly not published, safe to retry
+EXIT_UNKNOWN = 4        # sent, answer lost: maybe published, a retry may duplicate
+EXIT_NO_CLIENT = 5      # --client is connected to no broker: nothing published
+
+REDIS_URL_ENV = "GOSSE_REDIS_URL"
 
 DEFAULT_THREADS = 100
 
@@ -119,20 +127,47 @@ def build_parser() -> argparse.ArgumentParser:
     listen.set_defaults(run=_run_listen)
 
     publish = commands.add_parser(
-        "publish", help="publish an event through the demo's POST /publish",
+        "publish", help="publish an event (through an HTTP endpoint, or straight to Redis)",
         description="POST form fields data, event and id to a publish endpoint (the "
                     "demo's /publish, or any endpoint taking those fields) and report "
-                    "how many streams the event reached.")
-    publish.add_argument("url", metavar="URL",
+                    "how many streams the event reached.  With --redis, append the "
+                    "event to the Redis stream of the brokers' RedisBackplane instead: "
+                    "every broker of that prefix delivers it (no HTTP endpoint, no "
+                    "session), and print its id.",
+        epilog="Exit status: 0 published; 1 a fatal error (the server or Redis refused, "
+               "e.g. a wrong password or a read-only replica); 2 a usage error; with "
+               "--redis also 3 when Redis cannot be reached (not published: safe to "
+               "retry), 4 when Redis did not answer in time (it may have published: a "
+               "retry may duplicate the event), 5 when --client is connected to no "
+               "broker (nothing published).  Passwords are masked in every message.")
+    publish.add_argument("url", metavar="URL", nargs="?", default=None,
                          help="the publish endpoint, e.g. http://127.0.0.1:8080/publish "
-                              "(a URL without a path gets /publish)")
+                              "(a URL without a path gets /publish); not with --redis")
+    publish.add_argument("--redis", nargs="?", const="", default=None, metavar="REDIS_URL",
+                         help="publish through this Redis (redis://[:password@]host:port/db, "
+                              "rediss://, unix://); without a value, the URL in the "
+                              f"environment variable {REDIS_URL_ENV}, which keeps a password "
+                              "out of the process list")
+    publish.add_argument("--prefix", default=None,
+                         help="with --redis: the brokers' RedisBackplane prefix "
+                              "(default: gosse)")
+    publish.add_argument("--history", type=_non_negative_int, default=None, metavar="N",
+                         help="with --redis: the brokers' RedisBackplane history, which "
+                              "every append trims the stream to (default: 10000)")
+    target = publish.add_mutually_exclusive_group()
+    target.add_argument("--client", default=None, metavar="CLIENT_ID",
+                        help="with --redis: send to this client's sessions only")
+    target.add_argument("--topic", default=None,
+                        help="with --redis: publish to the sessions that joined this topic")
     publish.add_argument("-d", "--data", required=True, help="the event's data (text)")
     publish.add_argument("-e", "--event", default=None, metavar="TYPE",
                          help="the event type (default: none, i.e. 'message')")
-    publish.add_argument("--id", default=None, help="the event id (the demo numbers "
-                                                    "events without one)")
+    publish.add_argument("--id", default=None,
+                         help="the event id (without one, the demo numbers the event, "
+                              "and with --redis it gets the group's auto id)")
     publish.add_argument("--timeout", type=_positive_float, default=10.0, metavar="S",
-                         help="seconds to wait for the server (default: %(default)s)")
+                         help="seconds to wait for the server or Redis "
+                              "(default: %(default)s)")
     publish.set_defaults(run=_run_publish)
     return parser
 
@@ -146,6 +181,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0: {text}")
     return value
 
 
@@ -179,7 +224,7 @@ def _header(text: str) -> Tuple[str, str]:
 
 # -- helpers --------------------------------------------------------------------
 
-def _say(command: str, message: str) -> None:
+def _say(command: str, message: object) -> None:
     """One line on stderr, e.g. ``gosse listen: cannot connect to ...``."""
     message = " ".join(str(message).split())  # one line, whatever the message holds
     print(f"gosse {command}: {message}", file=sys.stderr, flush=True)
@@ -426,6 +471,19 @@ def _listen_error(exc: BaseException, verbose: bool) -> int:
 # -- gosse publish --------------------------------------------------------------
 
 def _run_publish(args: argparse.Namespace) -> int:
+    if args.redis is not None:
+        return _publish_redis(args)
+    for option in ("prefix", "history", "client", "topic"):
+        if getattr(args, option) is not None:
+            _say("publish", f"--{option} needs --redis")
+            return EXIT_USAGE
+    if args.url is None:
+        _say("publish", "give the publish endpoint's URL, or --redis REDIS_URL")
+        return EXIT_USAGE
+    return _publish_http(args)
+
+
+def _publish_http(args: argparse.Namespace) -> int:
     import requests
 
     url = args.url
@@ -456,6 +514,71 @@ def _run_publish(args: argparse.Namespace) -> int:
         print(body or f"{response.status_code} {response.reason}", flush=True)
     else:
         print(f"published to {delivered} stream{'' if delivered == 1 else 's'}", flush=True)
+    return EXIT_OK
+
+
+def _publish_redis(args: argparse.Namespace) -> int:
+    from ._redact import redact_url
+    from .errors import BackplaneError, EventError, PublishOutcomeUnknownError, UnknownClientError
+    from .event import Event
+
+    if args.url is not None:
+        _say("publish", f"give either a publish endpoint ({redact_url(args.url)}) "
+                        "or --redis, not both")
+        return EXIT_USAGE
+    url = args.redis or os.environ.get(REDIS_URL_ENV, "")
+    if not url:
+        _say("publish", f"--redis without a URL reads {REDIS_URL_ENV}, which is not set")
+        return EXIT_USAGE
+    try:
+        event = Event(args.data, event=args.event, id=args.id)
+    except EventError as exc:
+        _say("publish", exc)
+        return EXIT_USAGE
+    try:
+        from .backplane.redis import Publisher
+        from .backplane.redis.connection import OUTAGES, is_refusal
+    except ImportError as exc:   # the redis package is missing
+        _say("publish", exc)
+        return EXIT_ERROR
+    options = {} if args.history is None else {"history": args.history}
+    try:
+        publisher = Publisher(url, prefix="gosse" if args.prefix is None else args.prefix,
+                              socket_timeout=args.timeout,
+                              connect_timeout=min(args.timeout, 10.0), **options)
+    except (BackplaneError, ValueError) as exc:   # a bad URL or prefix
+        _say("publish", exc)
+        return EXIT_USAGE
+    with publisher:
+        try:
+            if args.client is not None:
+                what = f"client {args.client!r}"
+                event_id = publisher.send(args.client, event)
+            elif args.topic is not None:
+                what = f"topic {args.topic!r}"
+                event_id = publisher.publish(args.topic, event)
+            else:
+                what = "every stream"
+                event_id = publisher.broadcast(event)
+        except UnknownClientError as exc:
+            _say("publish", f"not published: {exc} (prefix {publisher.prefix!r} on "
+                            f"{publisher.url})")
+            return EXIT_NO_CLIENT
+        except PublishOutcomeUnknownError as exc:
+            _say("publish", exc)
+            return EXIT_UNKNOWN
+        except BackplaneError as exc:
+            _say("publish", exc)
+            cause = exc.__cause__
+            if isinstance(cause, OUTAGES) and not is_refusal(cause):
+                return EXIT_UNREACHABLE
+            return EXIT_ERROR
+        except ValueError as exc:   # a client id or topic that is not text
+            _say("publish", exc)
+            return EXIT_USAGE
+    shown = "no id" if event_id is None else f"id {event_id}"
+    print(f"published to {what} (prefix {publisher.prefix!r} on {publisher.url}), {shown}",
+          flush=True)
     return EXIT_OK
 
 

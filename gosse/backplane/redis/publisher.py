@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from ...errors import BackplaneError, PublishOutcomeUnknownError, UnknownClientError
+from ..._redact import Redactor, redact_url
+from ...errors import (
+    BackplaneConfigError,
+    BackplaneError,
+    BrokerClosedError,
+    PublishOutcomeUnknownError,
+    UnknownClientError,
+)
 from ...event import Event
 from .connection import OUTAGES, Connection, is_refusal, was_sent
 from .entries import APPEND, Dataset, Keys, encode_fields, new_epoch
@@ -81,27 +88,44 @@ class Appender:
 
 
 class Publisher:
-    """Publish to every broker of a Redis backplane group from any process,
+    """Publish to every broker of a Redis backplane group from any process
+    (a Celery task, a cron job, a management command, another service),
     without sessions or threads::
 
         from gosse import Event
         from gosse.backplane.redis import Publisher
 
-        publisher = Publisher("redis://127.0.0.1:6379/0")
-        publisher.broadcast(Event("report ready", event="job"))
-        publisher.send("alice", Event("your export is done"))
-        publisher.publish("news", Event("headline"))
+        with Publisher("redis://127.0.0.1:6379/0", prefix="myapp") as publisher:
+            publisher.broadcast(Event("report ready", event="job"))
+            publisher.send("alice", Event("your export is done"))
+            publisher.publish("news", Event("headline"))
 
-    ``prefix``, ``history`` and ``max_age`` must match the brokers'
-    :class:`~gosse.backplane.redis.RedisBackplane`; ``auto_id`` gives an
-    event without an id the group's auto id (resumable with
-    ``Last-Event-ID``).  Each method returns the event's id (its own, or the
-    auto id; None without one) and raises
-    :class:`~gosse.errors.BackplaneError` when Redis cannot be reached or
-    refuses, :class:`~gosse.errors.PublishOutcomeUnknownError` when the
-    answer was lost, and ``send`` raises :class:`~gosse.UnknownClientError`
-    for a client connected nowhere.  Thread-safe; ``close()`` releases the
-    connections.
+    * ``url``, ``prefix``: the brokers' Redis and
+      :class:`~gosse.backplane.redis.RedisBackplane` prefix.
+    * ``history`` and ``max_age`` bound the stream as the brokers'
+      ``RedisBackplane`` does, and must match it: every append trims the
+      stream, a smaller ``history`` here shortens the brokers' replay window.
+    * ``auto_id``: an event without an id gets the group's auto id
+      (``<epoch>-<stream id>``, resumable with ``Last-Event-ID`` on any
+      broker), as with ``Broker(auto_id=True)``.
+    * ``socket_timeout``, ``connect_timeout``, ``redis_options``: as for
+      ``RedisBackplane``.
+
+    Each method appends the event once and returns its id (its own, the auto
+    id, or None without either); every broker's listener then delivers it to
+    its matching sessions.  Errors: :class:`~gosse.errors.BackplaneError`
+    when Redis cannot be reached or refuses (the event was not published),
+    :class:`~gosse.errors.PublishOutcomeUnknownError` when the answer was
+    lost (it may have been), :class:`~gosse.UnknownClientError` from
+    ``send`` for a client connected to no broker, ``TypeError`` or
+    ``ValueError`` for a bad event or name, :class:`~gosse.BrokerClosedError`
+    after :meth:`close`.  Passwords in ``url`` are masked in ``repr()``,
+    ``url`` and every message.
+
+    Connecting is lazy (the first publish connects), so a module-level
+    publisher in a Celery or Django module costs nothing at import.  One
+    publisher may be shared by any number of threads (it holds a redis-py
+    connection pool) and survives a fork: a child opens its own connections.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
@@ -112,36 +136,59 @@ class Publisher:
         if type(history) is not int or history < 0:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
         _check_age(max_age)
-        self.url = url
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        for what, value in (("socket_timeout", socket_timeout),
+                            ("connect_timeout", connect_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+        self.keys = Keys(prefix)
         self.prefix = prefix
         self.auto_id = bool(auto_id)
-        self.connection = Connection(url, socket_timeout=socket_timeout,
-                                     connect_timeout=connect_timeout, block=None,
-                                     redis_options=redis_options)
-        self.keys = Keys(prefix)
+        try:
+            self.connection = Connection(url, socket_timeout=socket_timeout,
+                                         connect_timeout=connect_timeout, block=None,
+                                         redis_options=redis_options)
+        except (ValueError, TypeError) as exc:   # redis-py: a bad scheme, port, option
+            raise BackplaneConfigError(
+                f"cannot use Redis {redact_url(url)}: {Redactor(url)(exc)}") from None
+        #: The Redis URL, password masked.
+        self.url = self.connection.safe_url
         self.appender = Appender(self.connection, self.keys,
                                  maxlen=max(history, MIN_STREAM_LEN), max_age=max_age)
+        # Set once by close(), read without a lock: a publish racing close()
+        # may still go out (or fail as unavailable), never half-done.
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def broadcast(self, event: Event) -> Optional[str]:
-        """Deliver ``event`` to every session of every broker in the group."""
+        """Deliver ``event`` to every session of every broker in the group;
+        return its id."""
         return self._publish("all", None, event)
 
     def send(self, client_id: str, event: Event) -> Optional[str]:
-        """Deliver ``event`` to every session of ``client_id``, wherever it is."""
-        return self._publish("client", client_id, event)
+        """Deliver ``event`` to every session of ``client_id``, whichever
+        broker holds them; return its id.  :class:`~gosse.UnknownClientError`
+        if no broker has a session of that client (nothing is published)."""
+        return self._publish("client", _name("client_id", client_id), event)
 
     def publish(self, topic: str, event: Event) -> Optional[str]:
-        """Deliver ``event`` to the sessions that joined ``topic``."""
-        return self._publish("topic", topic, event)
+        """Deliver ``event`` to the sessions that joined ``topic``, on every
+        broker; return its id (also when nobody listens)."""
+        return self._publish("topic", _name("topic", topic), event)
 
     def _publish(self, kind: str, name: Optional[str], event: Event) -> Optional[str]:
         if not isinstance(event, Event):
             raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"{kind} must be a str, not {type(name).__name__}")
+        if self._closed:
+            raise BrokerClosedError("the publisher is closed")
         found = self.appender.append(kind, name, event, auto_id=self.auto_id)
         if found is None:
-            raise UnknownClientError(cast_str(name))
+            raise UnknownClientError(name or "")
         if event.id is not None:
             return event.id
         if self.auto_id:
@@ -150,6 +197,9 @@ class Publisher:
         return None
 
     def close(self) -> None:
+        """Close the connections; later calls raise
+        :class:`~gosse.BrokerClosedError`.  Idempotent."""
+        self._closed = True
         self.connection.close()
 
     def __enter__(self) -> Publisher:
@@ -159,11 +209,20 @@ class Publisher:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Publisher {self.connection.safe_url} prefix={self.prefix!r}>"
+        state = " closed" if self._closed else ""
+        return f"<Publisher {self.url} prefix={self.prefix!r}{state}>"
 
 
-def cast_str(name: Optional[str]) -> str:
-    return "" if name is None else name
+def _name(what: str, name: str) -> str:
+    """A client id or topic that can be a Redis key and a stream field."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {name!r} is not valid text (it cannot be "
+                         "encoded as UTF-8)") from None
+    return name
 
 
 def _check_age(max_age: Optional[float]) -> None:
