@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: gosse)")
     publish.add_argument("--history", type=_non_negative_int, default=None, metavar="N",
                          help="with --redis: the brokers' RedisBackplane history, which "
-                              "every append trims the stream to (default: 10000)")
+                              "every append trims the stream to (default: what the brokers"
+                              " last recorded)")
     target = publish.add_mutually_exclusive_group()
     target.add_argument("--client", default=None, metavar="CLIENT_ID",
                         help="with --redis: send to this client's sessions only")

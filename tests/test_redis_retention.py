@@ -50,3 +50,22 @@ def test_stats_report_the_listener(brokers):
     assert stats["backplane_listener_cpu_us"] > 0
     assert 0 <= stats["backplane_lag_ms"] < 60_000
     r.close()
+
+
+def test_a_publisher_trims_as_the_brokers_do(brokers, redis_server, redis_prefix):
+    """A Publisher (or ``gosse publish --redis``) left with its defaults
+    must not cut the brokers' replay window to its own idea of it."""
+    from gosse.backplane.redis import Publisher
+    a, ua = brokers(backplane_kw={"history": 12_000})
+    a.broadcast(Event("from the broker", id="b0"))    # records history=3000 in Redis
+    key = f"{redis_prefix}:events"
+    with Publisher(redis_server.url, prefix=redis_prefix) as publisher:
+        for n in range(11_000):
+            publisher.broadcast(Event(str(n), id=f"p{n}"))
+    assert redis_server.client().xlen(key) == 11_001  # not cut to the 10,000 default
+    with sse(ua, "x", last_id="p10900") as r:        # resumable (within queue_size)
+        assert r.wait_events(1)[0].data == "10901"
+    with Publisher(redis_server.url, prefix=redis_prefix, history=1000) as publisher:
+        for n in range(300):
+            publisher.broadcast(Event(str(n)))
+    assert redis_server.client().xlen(key) < 2000     # given: it applies

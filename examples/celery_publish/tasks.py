@@ -19,7 +19,7 @@ from gosse import BackplaneError, JSONEvent, UnknownClientError
 from gosse.backplane.redis import Publisher
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-# The prefix (and history) of the web app's RedisBackplane.
+# The prefix of the web app's RedisBackplane (its history applies by itself).
 PREFIX = os.environ.get("GOSSE_PREFIX", "gosse-celery")
 
 app = Celery("tasks", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1"))

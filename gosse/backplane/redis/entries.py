@@ -61,7 +61,9 @@ end
 """
 
 # KEYS: stream, state, presence (of the client for a send, else any key)
-# ARGV: maxlen, minid_age_ms (0: none), new epoch, need_presence (1|0),
+# ARGV: maxlen (0: the group's, recorded by the brokers' appends in the
+#       state's field n), minid_age_ms (0: none; -1: the group's, field a),
+#       new epoch, need_presence (1|0),
 #       known epoch ('' if none), rebuild grace ms, field, value, ...
 # Returns {stream id, epoch}, or false when need_presence and the client is
 # present nowhere (and presence is not being rebuilt: then it appends).
@@ -73,9 +75,15 @@ if ARGV[4] == '1' and u[1] == 0
 end
 local e = u[2]
 local s = redis.call('HINCRBY', KEYS[2], 's', 1)
-local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+local maxlen, age = tonumber(ARGV[1]), tonumber(ARGV[2])
+if maxlen > 0 then
+  redis.call('HSET', KEYS[2], 'n', maxlen, 'a', age)
+else
+  maxlen = tonumber(redis.call('HGET', KEYS[2], 'n') or '10000')
+  if age < 0 then age = tonumber(redis.call('HGET', KEYS[2], 'a') or '0') end
+end
+local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
                        'e', e, 's', s, unpack(ARGV, 7))
-local age = tonumber(ARGV[2])
 if age > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', (now - age) .. '-0')
 end

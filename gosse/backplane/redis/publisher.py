@@ -43,13 +43,18 @@ class Appender:
     says what happened: the entry's id, "nobody" (a ``send`` to a client
     present nowhere), or one of three errors (see :mod:`.connection`)."""
 
-    def __init__(self, connection: Connection, keys: Keys, *, maxlen: int,
+    def __init__(self, connection: Connection, keys: Keys, *, maxlen: Optional[int],
                  max_age: Optional[float], dataset: Optional[Dataset] = None) -> None:
+        # maxlen None: the brokers' (what their last append recorded), and
+        # then their max_age as well.
         self.connection = connection
         self.dataset = dataset if dataset is not None else Dataset(DEFAULT_REBUILD_GRACE)
         self.keys = keys
-        self.maxlen = maxlen
-        self.max_age_ms = 0 if max_age is None else max(1, int(max_age * 1000))
+        self.maxlen = 0 if maxlen is None else maxlen
+        if maxlen is None:
+            self.max_age_ms = -1
+        else:
+            self.max_age_ms = 0 if max_age is None else max(1, int(max_age * 1000))
         self._script = connection.client.register_script(APPEND)
 
     def append(self, kind: str, name: Optional[str], event: Event, *, auto_id: bool,
@@ -102,9 +107,11 @@ class Publisher:
 
     * ``url``, ``prefix``: the brokers' Redis and
       :class:`~gosse.backplane.redis.RedisBackplane` prefix.
-    * ``history`` and ``max_age`` bound the stream as the brokers'
-      ``RedisBackplane`` does, and must match it: every append trims the
-      stream, a smaller ``history`` here shortens the brokers' replay window.
+    * ``history`` and ``max_age``: leave them out, and every append trims
+      the stream as the brokers' ``RedisBackplane`` does (the values their
+      last append recorded in Redis; before any: 10,000 entries, no age
+      limit).  Given, they apply instead, like a broker's: a smaller
+      ``history`` here shortens the brokers' replay window.
     * ``auto_id``: an event without an id gets the group's auto id
       (``<epoch>-<stream id>``, resumable with ``Last-Event-ID`` on any
       broker), as with ``Broker(auto_id=True)``.
@@ -129,12 +136,12 @@ class Publisher:
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
-                 history: int = 10_000, max_age: Optional[float] = None,
+                 history: Optional[int] = None, max_age: Optional[float] = None,
                  auto_id: bool = True, socket_timeout: float = 5.0,
                  connect_timeout: float = 2.0,
                  redis_options: Optional[Dict[str, Any]] = None) -> None:
-        if type(history) is not int or history < 0:
-            raise ValueError(f"history must be a non-negative int, not {history!r}")
+        if history is not None and (type(history) is not int or history < 0):
+            raise ValueError(f"history must be None or a non-negative int, not {history!r}")
         _check_age(max_age)
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
@@ -155,7 +162,10 @@ class Publisher:
         #: The Redis URL, password masked.
         self.url = self.connection.safe_url
         self.appender = Appender(self.connection, self.keys,
-                                 maxlen=max(history, MIN_STREAM_LEN), max_age=max_age)
+                                 maxlen=None if history is None and max_age is None
+                                 else max(10_000 if history is None else history,
+                                          MIN_STREAM_LEN),
+                                 max_age=max_age)
         # Set once by close(), read without a lock: a publish racing close()
         # may still go out (or fail as unavailable), never half-done.
         self._closed = False
