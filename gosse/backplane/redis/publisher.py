@@ -7,7 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from ...errors import BackplaneError, PublishOutcomeUnknownError, UnknownClientError
 from ...event import Event
-from .connection import OUTAGES, Connection, is_refusal, was_sent
+from .connection import (DEFAULT_MAX_CONNECTIONS, WRITER_COMMANDS, Connection, NotSent,
+                         PoolExhaustedError, is_outage, is_refusal, was_sent)
 from .entries import APPEND, Keys, encode_fields, new_epoch
 
 __all__ = ["Appender", "Publisher", "MIN_STREAM_LEN"]
@@ -45,29 +46,39 @@ class Appender:
         fields = encode_fields(kind, name, event.id, auto_id, event.encode())
         presence = self.keys.presence + name if kind == "client" and name else self.keys.state
         try:
-            found = self._script(
-                keys=[self.keys.stream, self.keys.state, presence],
+            found = self.connection.run_script(
+                self._script, keys=[self.keys.stream, self.keys.state, presence],
                 args=[self.maxlen, self.max_age_ms, new_epoch(),
                       1 if kind == "client" else 0, *fields])
         except Exception as exc:
-            raise self.error(kind, name, exc) from exc
+            raise self.error(kind, name, exc) from (
+                exc.cause if isinstance(exc, NotSent) else exc)
         if not found:
             return None
         return found[0], found[1]
 
     def error(self, kind: str, name: Optional[str], exc: BaseException) -> BackplaneError:
+        """The gosse error for ``exc``, raised by :meth:`append`: a refusal
+        (Redis said why), an unknown outcome (sent, no answer), a busy pool,
+        or Redis unavailable (certainly not published)."""
         conn = self.connection
         what = publish_what(kind, name)
-        if is_refusal(exc):
+        cause = exc.cause if isinstance(exc, NotSent) else exc
+        if is_refusal(cause):
             return BackplaneError(f"Redis {conn.safe_url} refused to {what}: "
-                                  f"{conn.describe(exc)}")
-        if isinstance(exc, OUTAGES) and was_sent(exc):
+                                  f"{conn.describe(cause)}")
+        if isinstance(cause, PoolExhaustedError):
+            return BackplaneError(f"could not {what}: {conn.redact(cause)}")
+        if was_sent(exc) and is_outage(cause):
             return PublishOutcomeUnknownError(
                 f"Redis {conn.safe_url} did not answer: it may or may not have "
-                f"accepted the request to {what} ({conn.describe(exc)}); publish it "
+                f"accepted the request to {what} ({conn.describe(cause)}); publish it "
                 "again only if a duplicate is acceptable")
+        if not is_outage(cause):   # not a Redis error: a bug or an odd reply
+            return BackplaneError(f"Redis {conn.safe_url}: could not {what}: "
+                                  f"{conn.describe(cause)}")
         return BackplaneError(f"Redis {conn.safe_url} unavailable, could not {what}: "
-                              f"{conn.describe(exc)}")
+                              f"{conn.describe(cause)}")
 
 
 class Publisher:
@@ -98,6 +109,7 @@ class Publisher:
                  history: int = 10_000, max_age: Optional[float] = None,
                  auto_id: bool = True, socket_timeout: float = 5.0,
                  connect_timeout: float = 2.0,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  redis_options: Optional[Dict[str, Any]] = None) -> None:
         if type(history) is not int or history < 0:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
@@ -107,8 +119,11 @@ class Publisher:
         self.auto_id = bool(auto_id)
         self.connection = Connection(url, socket_timeout=socket_timeout,
                                      connect_timeout=connect_timeout, block=None,
+                                     max_connections=max_connections,
                                      redis_options=redis_options)
         self.keys = Keys(prefix)
+        # Fail fast on a wrong password, a missing permission, a replica.
+        self.connection.check(self.keys, WRITER_COMMANDS)
         self.appender = Appender(self.connection, self.keys,
                                  maxlen=max(history, MIN_STREAM_LEN), max_age=max_age)
 
