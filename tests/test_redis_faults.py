@@ -11,7 +11,6 @@ a unix socket), against real redis-server processes started here.
 """
 import logging
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -19,12 +18,15 @@ import time
 
 import pytest
 
+import redis_fixture
 from broker_app import make_app
 from gosse import Broker, Event
 from gosse.errors import BackplaneConfigError, BackplaneError, PublishOutcomeUnknownError
-from redis_fixture import RedisServer, own_redis_server, redis_prefix, require_redis_server  # noqa: F401
+from redis_fixture import RedisServer, require_redis_server
 from servers import ROOT, SSEReader, free_port, wait_until, werkzeug_server
 
+own_redis_server = redis_fixture.own_redis_server
+redis_prefix = redis_fixture.redis_prefix
 FAST = {"presence_ttl": 3.0, "max_backoff": 0.2}
 
 
@@ -256,7 +258,7 @@ def test_refusals_do_not_mark_the_backplane_down(servers, brokers, caplog):
     caplog.set_level(logging.INFO, logger="gosse.backplane")
     caplog.clear()
     admin.config_set("maxmemory", 1)
-    with pytest.raises(BackplaneError, match="refused to broadcast.*OutOfMemory"):
+    with pytest.raises(BackplaneError, match="refused to broadcast.*(OutOfMemory|OOM)"):
         a.broadcast(Event("x"))
     admin.config_set("maxmemory", 0)
     admin.execute_command("ACL", "SETUSER", "app", "-xadd")
@@ -274,7 +276,8 @@ def test_refusals_do_not_mark_the_backplane_down(servers, brokers, caplog):
     # The replica's resync emptied the dataset: at most a reset before it.
     assert {(e.event, e.data) for e in r.events[1:-1]} <= {("gosse-reset", "")}
     messages = [rec.getMessage() for rec in caplog.records]
-    assert not [m for m in messages if "unavailable" in m or "available again" in m], messages
+    assert not [m for m in messages if "unavailable" in m or "available again" in m
+                or "error" in m], messages
     assert len([m for m in messages if "refused" in m]) == 1, messages   # once a minute
     assert "pw" not in caplog.text.replace("pwd", "")
     r.close()
@@ -426,7 +429,8 @@ def test_a_busy_pool_names_its_size_and_is_not_an_outage(own_redis_server, redis
     try:
         # Two threads of the app hold both connections (taken as redis-py does).
         pool = bp._connection.client.connection_pool
-        held = [pool.get_connection(), pool.get_connection()]
+        args = bp._connection._checkout_args        # a command name for redis-py < 5.3
+        held = [pool.get_connection(*args), pool.get_connection(*args)]
         t0 = time.monotonic()
         with pytest.raises(BackplaneError, match="all 2 connections.*max_connections") as info:
             broker.broadcast(Event("x"))

@@ -63,11 +63,20 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gosse.backplane.redis needs the redis package: "
                       "pip install 'gosse[redis]'") from exc
 
+from redis.exceptions import ResponseError
+
 from ...errors import BackplaneError, BrokerClosedError, UnknownClientError
 from ...event import Event, reset_event
 from .. import Backplane
-from .connection import (BROKER_COMMANDS, DEFAULT_MAX_CONNECTIONS, OUTAGES, Connection,
-                         PoolExhaustedError, is_outage, is_refusal)
+from .connection import (
+    BROKER_COMMANDS,
+    DEFAULT_MAX_CONNECTIONS,
+    OUTAGES,
+    Connection,
+    PoolExhaustedError,
+    is_outage,
+    is_refusal,
+)
 from .entries import Keys
 from .listener import Listener
 from .presence import Presence
@@ -77,6 +86,11 @@ from .replay import Replay
 __all__ = ["RedisBackplane", "Publisher"]
 
 log = logging.getLogger("gosse.backplane")
+
+# What the listener retries after (with backoff): outages, and refusals such
+# as UNBLOCKED (the server became a replica) or NOPERM, which _set_down logs
+# without marking the backplane down.
+LISTENER_ERRORS = OUTAGES + (ResponseError,)
 
 _instances: weakref.WeakSet[RedisBackplane] = weakref.WeakSet()
 
@@ -219,7 +233,8 @@ class RedisBackplane(Backplane):
             conn = self._connection
             listener = Listener(broker, conn.listen_client, self._keys, block=self.block,
                                 batch=self.batch, max_backoff=self.max_backoff,
-                                errors=OUTAGES, on_up=self._set_up, on_down=self._set_down)
+                                errors=LISTENER_ERRORS, on_up=self._set_up,
+                                on_down=self._set_down)
             listener.uids_cap = self.maxlen + self.maxlen // 10 + 1000
             self._listener = listener
             self._presence = Presence(conn.client, self._keys, self._node, self.presence_ttl,

@@ -58,6 +58,12 @@ OUTAGES = (RedisConnectionError, RedisTimeoutError, OSError)
 #: the application's own threads.  Connections are opened on demand only.
 DEFAULT_MAX_CONNECTIONS = 256
 
+# Error replies the start-up check treats as refusals of a write (redis-py
+# 4.5 has no OutOfMemoryError: OOM is then a plain ResponseError).
+_WRITE_REFUSALS = tuple(getattr(redis.exceptions, name) for name in
+                        ("ReadOnlyError", "NoPermissionError", "OutOfMemoryError")
+                        if hasattr(redis.exceptions, name))
+
 
 class PoolExhaustedError(RedisConnectionError):
     """Every connection of the pool stayed busy for the pool's timeout."""
@@ -187,13 +193,16 @@ class Connection:
         common: Dict[str, Any] = dict(socket_timeout=socket_timeout,
                                       socket_connect_timeout=connect_timeout,
                                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        if url.startswith("unix:") and "socket_connect_timeout" not in inspect.signature(
+                redis.UnixDomainSocketConnection.__init__).parameters:
+            del common["socket_connect_timeout"]      # redis-py < 5 refuses it there
         common.update(options)
         # A caller waits at most socket_timeout for a free connection.
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=socket_timeout,
             queue_class=_Slots, **common)
         self.client = redis.Redis(connection_pool=pool)
-        self._pool = pool
+        self._pool: Any = pool    # redis-py's pool API is untyped
         params = inspect.signature(pool.get_connection).parameters
         # redis-py < 5.3 wants a command name; later versions warn about one.
         self._checkout_args: Tuple[str, ...] = (
@@ -225,7 +234,8 @@ class Connection:
         """``EVALSHA`` of ``script`` (a redis-py ``Script``) on a connection of
         the pool.  Raises :class:`NotSent` for a failure before the command
         left; any other exception means it may have run."""
-        client, pool = self.client, self._pool
+        client: Any = self.client
+        pool = self._pool
         for attempt in (1, 2):
             try:
                 conn = pool.get_connection(*self._checkout_args)   # connects: nothing sent yet
@@ -279,7 +289,7 @@ class Connection:
             self._pool.disconnect()
 
     def _probe(self, keys: Keys, commands: Sequence[Tuple[str, ...]]) -> None:
-        client = self.client
+        client: Any = self.client
         sha = client.script_load(_PROBE)
         sub = {"S": keys.stream, "T": keys.state, "P": (keys.presence + "-probe-").encode(),
                "M": (keys.meta + "-probe-").encode()}
@@ -299,9 +309,7 @@ class Connection:
             # but the role (a replica), the ACL and maxmemory are checked.
             client.xadd(keys.stream, {"probe": "0"}, id="0-0")
         except ResponseError as exc:
-            if isinstance(exc, (redis.exceptions.ReadOnlyError,
-                                redis.exceptions.NoPermissionError,
-                                redis.exceptions.OutOfMemoryError)):
+            if isinstance(exc, _WRITE_REFUSALS):
                 raise
             # "The ID specified in XADD must be greater than 0-0": writable.
 

@@ -7,8 +7,16 @@ from typing import Any, Dict, Optional, Tuple
 
 from ...errors import BackplaneError, PublishOutcomeUnknownError, UnknownClientError
 from ...event import Event
-from .connection import (DEFAULT_MAX_CONNECTIONS, WRITER_COMMANDS, Connection, NotSent,
-                         PoolExhaustedError, is_outage, is_refusal, was_sent)
+from .connection import (
+    DEFAULT_MAX_CONNECTIONS,
+    WRITER_COMMANDS,
+    Connection,
+    NotSent,
+    PoolExhaustedError,
+    is_outage,
+    is_refusal,
+    was_sent,
+)
 from .entries import APPEND, Keys, encode_fields, new_epoch
 
 __all__ = ["Appender", "Publisher", "MIN_STREAM_LEN"]
