@@ -246,6 +246,10 @@ class RedisBackplane(Backplane):
                                                       daemon=True)
             listener.start()
             self._heartbeat_thread.start()
+            # The first session must not register before the listener knows
+            # where it starts: it would start after what is published
+            # meanwhile (bounded: `ready` is also set by a failed attempt).
+            listener.ready.wait(self._socket_timeout)
             self._started_pid = pid
 
     @property
