@@ -109,8 +109,12 @@ class Publisher:
     :class:`~gosse.errors.BackplaneError` when Redis cannot be reached or
     refuses, :class:`~gosse.errors.PublishOutcomeUnknownError` when the
     answer was lost, and ``send`` raises :class:`~gosse.UnknownClientError`
-    for a client connected nowhere.  Thread-safe; ``close()`` releases the
-    connections.
+    for a client connected nowhere.  The constructor raises
+    :class:`~gosse.errors.BackplaneConfigError` for a wrong password, an
+    ACL user lacking a command it needs or a read-only replica (an
+    unreachable Redis is only logged).  ``max_connections`` bounds the
+    connections (callers wait up to ``socket_timeout`` for a free one).
+    Thread-safe; ``close()`` releases the connections.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
