@@ -520,7 +520,13 @@ def _publish_http(args: argparse.Namespace) -> int:
 
 def _publish_redis(args: argparse.Namespace) -> int:
     from ._redact import redact_url
-    from .errors import BackplaneError, EventError, PublishOutcomeUnknownError, UnknownClientError
+    from .errors import (
+        BackplaneConfigError,
+        BackplaneError,
+        EventError,
+        PublishOutcomeUnknownError,
+        UnknownClientError,
+    )
     from .event import Event
 
     if args.url is not None:
@@ -547,6 +553,11 @@ def _publish_redis(args: argparse.Namespace) -> int:
         publisher = Publisher(url, prefix="gosse" if args.prefix is None else args.prefix,
                               socket_timeout=args.timeout,
                               connect_timeout=min(args.timeout, 10.0), **options)
+    except BackplaneConfigError as exc:
+        _say("publish", exc)
+        # Redis refused (a wrong password, a permission, a replica), or the
+        # URL itself is wrong.
+        return EXIT_ERROR if exc.__cause__ is not None else EXIT_USAGE
     except (BackplaneError, ValueError) as exc:   # a bad URL or prefix
         _say("publish", exc)
         return EXIT_USAGE

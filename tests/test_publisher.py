@@ -226,8 +226,11 @@ def test_cli_failures_have_their_exit_status_and_mask_the_password():
                          "--data", "x", "--timeout", "0.5")
     finally:
         silent.close()
-    assert lost.returncode == 4, lost.stderr
-    assert "may or may not" in lost.stderr
+    # redis-py 5 and later wait for the answer to a handshake (CLIENT
+    # SETINFO) before sending anything: certainly not published (3).  4.5
+    # sends the command at once, and its answer is what never comes (4).
+    assert lost.returncode in (3, 4), lost.stderr
+    assert ("may or may not" if lost.returncode == 4 else "unavailable") in lost.stderr
     # Usage errors: a bad URL (masked), --client without --redis.
     bad = gosse_cli("--redis", "http://:hunter22@127.0.0.1/0", "--data", "x")
     assert bad.returncode == 2 and "hunter22" not in bad.stderr and "scheme" in bad.stderr
@@ -241,7 +244,7 @@ def test_cli_wrong_password_is_a_refusal_not_an_outage():
         wrong = gosse_cli("--redis", f"redis://:wrong-pw-2@127.0.0.1:{server.port}/0",
                           "--data", "x")
         assert wrong.returncode == 1, wrong.stderr
-        assert "refused" in wrong.stderr and "wrong-pw-2" not in wrong.stderr
+        assert "rejected the credentials" in wrong.stderr and "wrong-pw-2" not in wrong.stderr
         ok = gosse_cli("--redis", "--data", "x", env={
             "GOSSE_REDIS_URL": f"redis://:right-pw-1@127.0.0.1:{server.port}/0"})
         assert ok.returncode == 0, ok.stderr

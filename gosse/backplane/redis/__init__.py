@@ -56,6 +56,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from typing import Any, Dict, Optional, Tuple
@@ -66,10 +67,20 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gosse.backplane.redis needs the redis package: "
                       "pip install 'gosse[redis]'") from exc
 
+from redis.exceptions import ResponseError
+
 from ...errors import BackplaneError, BrokerClosedError, UnknownClientError
 from ...event import Event, reset_event
 from .. import Backplane
-from .connection import OUTAGES, Connection, is_refusal
+from .connection import (
+    BROKER_COMMANDS,
+    DEFAULT_MAX_CONNECTIONS,
+    OUTAGES,
+    Connection,
+    PoolExhaustedError,
+    is_outage,
+    is_refusal,
+)
 from .entries import Dataset, Keys
 from .listener import Listener
 from .presence import Presence
@@ -79,6 +90,11 @@ from .replay import Replay
 __all__ = ["RedisBackplane", "Publisher"]
 
 log = logging.getLogger("gosse.backplane")
+
+# What the listener retries after (with backoff): outages, and refusals such
+# as UNBLOCKED (the server became a replica) or NOPERM, which _set_down logs
+# without marking the backplane down.
+LISTENER_ERRORS = OUTAGES + (ResponseError,)
 
 _instances: weakref.WeakSet[RedisBackplane] = weakref.WeakSet()
 
@@ -126,7 +142,17 @@ class RedisBackplane(Backplane):
     * ``fallback``: ``None`` (publishing raises :class:`~gosse.errors.BackplaneError` while
       Redis is unreachable) or ``"local"`` (deliver to this process's
       sessions only, not resumable, and log it).
-    * ``redis_options``: extra keyword arguments for ``redis.Redis.from_url``.
+    * ``max_connections``: connections to Redis per process (a blocking
+      pool: a caller waits up to ``socket_timeout`` for a free one, then
+      gets a :class:`~gosse.errors.BackplaneError` naming this option).
+    * ``redis_options``: extra keyword arguments for the connections
+      (``redis.BlockingConnectionPool.from_url``).
+
+    The constructor checks, without writing anything, that Redis accepts
+    the credentials, that the ACL user may run what the backplane needs and
+    that the server is a writable master; if not it raises
+    :class:`~gosse.errors.BackplaneConfigError` saying what to change.  An
+    unreachable Redis is only logged: the backplane works once it is back.
 
     One instance serves one :class:`~gosse.Broker`; ``Broker.close()``
     closes it.  Its two threads (listener and heartbeat) start on first use
@@ -141,6 +167,7 @@ class RedisBackplane(Backplane):
                  socket_timeout: float = 5.0, connect_timeout: float = 2.0,
                  max_backoff: float = 5.0, batch: int = 512, serializer: Any = json,
                  max_metadata_bytes: int = 64 * 1024, fallback: Optional[str] = None,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  redis_options: Optional[Dict[str, Any]] = None):
         super().__init__()
         if type(history) is not int or history < 0:
@@ -177,12 +204,17 @@ class RedisBackplane(Backplane):
         self._keys = Keys(prefix)
         self._connection = Connection(url, socket_timeout=socket_timeout,
                                       connect_timeout=connect_timeout, block=self.block,
+                                      max_connections=max_connections,
                                       redis_options=redis_options)
         # What this process knows of the dataset (see Dataset): shared by the
         # appends and the presence lookups; a new one wakes the heartbeat.
         self._dataset = Dataset(self.rebuild_grace, on_new=lambda: self._hb_wake.set())
         self._appender = Appender(self._connection, self._keys, maxlen=self.maxlen,
                                   max_age=max_age, dataset=self._dataset)
+        # Fail fast on a configuration error (BackplaneConfigError), not on
+        # every publish; an outage is logged and the backplane goes on.
+        self._last_refusal_log = 0.0   # monotonic time of the last refusal log line
+        self._connection.check(self._keys, BROKER_COMMANDS)
         self._start_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._closed = False
@@ -219,7 +251,8 @@ class RedisBackplane(Backplane):
             conn = self._connection
             listener = Listener(broker, conn.listen_client, self._keys, block=self.block,
                                 batch=self.batch, max_backoff=self.max_backoff,
-                                errors=OUTAGES, on_up=self._set_up, on_down=self._set_down)
+                                errors=LISTENER_ERRORS, on_up=self._set_up,
+                                on_down=self._set_down)
             listener.uids_cap = self.maxlen + self.maxlen // 10 + 1000
             self._listener = listener
             self._presence = Presence(conn.client, self._keys, self._node, self.presence_ttl,
@@ -232,6 +265,10 @@ class RedisBackplane(Backplane):
                                                       daemon=True)
             listener.start()
             self._heartbeat_thread.start()
+            # The first session must not register before the listener knows
+            # where it starts: it would start after what is published
+            # meanwhile (bounded: `ready` is also set by a failed attempt).
+            listener.ready.wait(self._socket_timeout)
             self._started_pid = pid
 
     @property
@@ -291,6 +328,11 @@ class RedisBackplane(Backplane):
     # -- state transitions ---------------------------------------------------
 
     def _set_down(self, exc: BaseException) -> None:
+        if not is_outage(exc):
+            # Redis answered (WRONGPASS, NOPERM, ...) or the pool was busy:
+            # not an outage, the state does not flap.
+            self._note_refusal(exc)
+            return
         if not self._up:
             return
         with self._state_lock:
@@ -314,9 +356,20 @@ class RedisBackplane(Backplane):
 
     def _failed(self, exc: BaseException) -> None:
         """Note a failed call: an outage marks the backplane down, a refusal
-        (Redis answered) does not."""
-        if isinstance(exc, OUTAGES) and not is_refusal(exc):
+        (Redis answered) or a busy pool does not."""
+        if is_outage(exc):
             self._set_down(exc)
+        elif is_refusal(exc) or isinstance(exc, PoolExhaustedError):
+            self._note_refusal(exc)
+
+    def _note_refusal(self, exc: BaseException) -> None:
+        """Log a refusal, at most once a minute (the callers get each one)."""
+        now = time.monotonic()
+        if now - self._last_refusal_log < 60.0 and self._last_refusal_log:
+            return
+        self._last_refusal_log = now
+        log.warning("Redis backplane %s refused a call (%s); the backplane stays up",
+                    self._connection.safe_url, self._connection.describe(exc))
 
     # -- heartbeat -------------------------------------------------------------
 
@@ -433,6 +486,8 @@ class RedisBackplane(Backplane):
         if is_refusal(exc):
             return BackplaneError(f"Redis backplane {conn.safe_url} refused to {what}: "
                                   f"{conn.describe(exc)}")
+        if isinstance(exc, PoolExhaustedError):
+            return BackplaneError(f"could not {what}: {conn.redact(exc)}")
         return BackplaneError(f"Redis backplane {conn.safe_url} unavailable, could not "
                               f"{what}: {conn.describe(exc)}")
 
@@ -457,9 +512,9 @@ class RedisBackplane(Backplane):
             self._publish_errors += 1
             if cause is not None:
                 self._failed(cause)
-            if (self.fallback == "local" and cause is not None and not is_refusal(cause)
+            if (self.fallback == "local" and cause is not None and is_outage(cause)
                     and type(exc) is BackplaneError):
-                # Certainly not published: deliver here only.
+                # Redis unreachable and certainly not published: deliver here only.
                 log.debug("Redis unavailable: %s delivered to local sessions only", kind)
                 return broker.deliver_local([(None, kind, name, event.encode())])
             if type(exc) is not BackplaneError:

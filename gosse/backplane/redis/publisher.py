@@ -14,7 +14,16 @@ from ...errors import (
     UnknownClientError,
 )
 from ...event import Event
-from .connection import OUTAGES, Connection, is_refusal, was_sent
+from .connection import (
+    DEFAULT_MAX_CONNECTIONS,
+    WRITER_COMMANDS,
+    Connection,
+    NotSent,
+    PoolExhaustedError,
+    is_outage,
+    is_refusal,
+    was_sent,
+)
 from .entries import APPEND, Dataset, Keys, encode_fields, new_epoch
 
 __all__ = ["Appender", "Publisher", "MIN_STREAM_LEN"]
@@ -66,30 +75,40 @@ class Appender:
         need = kind == "client" and check_presence
         presence = self.keys.presence + name if need and name else self.keys.state
         try:
-            found = self._script(
-                keys=[self.keys.stream, self.keys.state, presence],
+            found = self.connection.run_script(
+                self._script, keys=[self.keys.stream, self.keys.state, presence],
                 args=[self.maxlen, self.max_age_ms, new_epoch(), 1 if need else 0,
                       *self.dataset.args(), *fields])
         except Exception as exc:
-            raise self.error(kind, name, exc) from exc
+            raise self.error(kind, name, exc) from (
+                exc.cause if isinstance(exc, NotSent) else exc)
         if not found:
             return None
         self.dataset.saw(found[1])
         return found[0], found[1]
 
     def error(self, kind: str, name: Optional[str], exc: BaseException) -> BackplaneError:
+        """The gosse error for ``exc``, raised by :meth:`append`: a refusal
+        (Redis said why), an unknown outcome (sent, no answer), a busy pool,
+        or Redis unavailable (certainly not published)."""
         conn = self.connection
         what = publish_what(kind, name)
-        if is_refusal(exc):
+        cause = exc.cause if isinstance(exc, NotSent) else exc
+        if is_refusal(cause):
             return BackplaneError(f"Redis {conn.safe_url} refused to {what}: "
-                                  f"{conn.describe(exc)}")
-        if isinstance(exc, OUTAGES) and was_sent(exc):
+                                  f"{conn.describe(cause)}")
+        if isinstance(cause, PoolExhaustedError):
+            return BackplaneError(f"could not {what}: {conn.redact(cause)}")
+        if was_sent(exc) and is_outage(cause):
             return PublishOutcomeUnknownError(
                 f"Redis {conn.safe_url} did not answer: it may or may not have "
-                f"accepted the request to {what} ({conn.describe(exc)}); publish it "
+                f"accepted the request to {what} ({conn.describe(cause)}); publish it "
                 "again only if a duplicate is acceptable")
+        if not is_outage(cause):   # not a Redis error: a bug or an odd reply
+            return BackplaneError(f"Redis {conn.safe_url}: could not {what}: "
+                                  f"{conn.describe(cause)}")
         return BackplaneError(f"Redis {conn.safe_url} unavailable, could not {what}: "
-                              f"{conn.describe(exc)}")
+                              f"{conn.describe(cause)}")
 
 
 class Publisher:
@@ -115,8 +134,8 @@ class Publisher:
     * ``auto_id``: an event without an id gets the group's auto id
       (``<epoch>-<stream id>``, resumable with ``Last-Event-ID`` on any
       broker), as with ``Broker(auto_id=True)``.
-    * ``socket_timeout``, ``connect_timeout``, ``redis_options``: as for
-      ``RedisBackplane``.
+    * ``socket_timeout``, ``connect_timeout``, ``max_connections``,
+      ``redis_options``: as for ``RedisBackplane``.
 
     Each method appends the event once and returns its id (its own, the auto
     id, or None without either); every broker's listener then delivers it to
@@ -129,16 +148,21 @@ class Publisher:
     after :meth:`close`.  Passwords in ``url`` are masked in ``repr()``,
     ``url`` and every message.
 
-    Connecting is lazy (the first publish connects), so a module-level
-    publisher in a Celery or Django module costs nothing at import.  One
-    publisher may be shared by any number of threads (it holds a redis-py
-    connection pool) and survives a fork: a child opens its own connections.
+    The constructor checks the configuration: it raises
+    :class:`~gosse.errors.BackplaneConfigError` for a bad URL, a wrong
+    password, an ACL user lacking a command it needs or a read-only replica
+    (an unreachable Redis is only logged, and the first publish after it
+    returns works).  ``max_connections`` bounds the connections (callers
+    wait up to ``socket_timeout`` for a free one).  One publisher may be
+    shared by any number of threads and survives a fork: a child opens its
+    own connections.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
                  history: Optional[int] = None, max_age: Optional[float] = None,
                  auto_id: bool = True, socket_timeout: float = 5.0,
                  connect_timeout: float = 2.0,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  redis_options: Optional[Dict[str, Any]] = None) -> None:
         if history is not None and (type(history) is not int or history < 0):
             raise ValueError(f"history must be None or a non-negative int, not {history!r}")
@@ -155,12 +179,15 @@ class Publisher:
         try:
             self.connection = Connection(url, socket_timeout=socket_timeout,
                                          connect_timeout=connect_timeout, block=None,
+                                         max_connections=max_connections,
                                          redis_options=redis_options)
         except (ValueError, TypeError) as exc:   # redis-py: a bad scheme, port, option
             raise BackplaneConfigError(
                 f"cannot use Redis {redact_url(url)}: {Redactor(url)(exc)}") from None
         #: The Redis URL, password masked.
         self.url = self.connection.safe_url
+        # Fail fast on a wrong password, a missing permission, a replica.
+        self.connection.check(self.keys, WRITER_COMMANDS)
         self.appender = Appender(self.connection, self.keys,
                                  maxlen=None if history is None and max_age is None
                                  else max(10_000 if history is None else history,
