@@ -54,7 +54,7 @@ import os
 import threading
 import uuid
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 try:
     import redis  # noqa: F401
@@ -62,11 +62,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gosse.backplane.redis needs the redis package: "
                       "pip install 'gosse[redis]'") from exc
 
-from ...errors import BackplaneError, BrokerClosedError, UnknownClientError
+from ...errors import (BackplaneConfigError, BackplaneError, BrokerClosedError,
+                       PublishOutcomeUnknownError,
+                       UnknownClientError)
 from ...event import Event, reset_event
 from .. import Backplane
 from .connection import OUTAGES, Connection, is_refusal
 from .entries import Keys
+from .ha import check_not_cluster, refuse_cluster_client, resolve
 from .listener import Listener
 from .presence import Presence
 from .publisher import MIN_STREAM_LEN, Appender, Publisher, _check_age
@@ -115,7 +118,24 @@ class RedisBackplane(Backplane):
     * ``fallback``: ``None`` (publishing raises :class:`~gosse.errors.BackplaneError` while
       Redis is unreachable) or ``"local"`` (deliver to this process's
       sessions only, not resumable, and log it).
-    * ``redis_options``: extra keyword arguments for ``redis.Redis.from_url``.
+    * ``redis_options``: extra keyword arguments for ``redis.Redis.from_url``
+      (or for the master's clients with ``sentinels``, or for
+      ``client_factory``).
+    * ``sentinels`` and ``service_name``: instead of ``url``, a master and
+      replicas managed by Redis Sentinel (``[(host, port), ...]`` of the
+      sentinels, the name they monitor the master under); every connection,
+      the listener's included, goes to the current master, through
+      failovers.  ``sentinel_options``: keyword arguments for the
+      connections to the sentinels (e.g. ``password``).
+    * ``client_factory``: instead of ``url``, a callable making the
+      ``redis.Redis`` clients; it is called twice (commands, and the
+      listener's own connection) with keyword arguments gosse needs
+      (``socket_timeout``, ``max_connections``, ...), to pass on.
+
+    A Redis Cluster (``cluster_enabled:1``, or a ``RedisCluster`` from
+    ``client_factory``) is refused with
+    :class:`~gosse.errors.BackplaneConfigError`: the backplane is one stream
+    in one order, which a cluster cannot hold.
 
     One instance serves one :class:`~gosse.Broker`; ``Broker.close()``
     closes it.  Its two threads (listener and heartbeat) start on first use
@@ -124,13 +144,17 @@ class RedisBackplane(Backplane):
 
     shared = True
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
+    def __init__(self, url: Optional[str] = None, *, prefix: str = "gosse",
                  history: int = 10_000, max_age: Optional[float] = None,
                  presence_ttl: float = 30.0, block: float = 1.0,
                  socket_timeout: float = 5.0, connect_timeout: float = 2.0,
                  max_backoff: float = 5.0, batch: int = 512, serializer: Any = json,
                  fallback: Optional[str] = None,
-                 redis_options: Optional[Dict[str, Any]] = None):
+                 redis_options: Optional[Dict[str, Any]] = None,
+                 sentinels: Optional[Sequence[Tuple[str, int]]] = None,
+                 service_name: Optional[str] = None,
+                 sentinel_options: Optional[Dict[str, Any]] = None,
+                 client_factory: Optional[Callable[..., Any]] = None):
         super().__init__()
         if type(history) is not int or history < 0:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
@@ -147,6 +171,9 @@ class RedisBackplane(Backplane):
             raise ValueError(f"fallback must be None or 'local', not {fallback!r}")
         if not (hasattr(serializer, "dumps") and hasattr(serializer, "loads")):
             raise TypeError("serializer must have dumps() and loads() (e.g. json, pickle)")
+        url, factory, label = resolve(url, sentinels, service_name, sentinel_options,
+                                      client_factory, socket_timeout=float(socket_timeout),
+                                      connect_timeout=float(connect_timeout))
         self.url = url
         self.prefix = prefix
         self.history = history
@@ -162,7 +189,16 @@ class RedisBackplane(Backplane):
         self._keys = Keys(prefix)
         self._connection = Connection(url, socket_timeout=socket_timeout,
                                       connect_timeout=connect_timeout, block=self.block,
-                                      redis_options=redis_options)
+                                      redis_options=redis_options, factory=factory,
+                                      label=label)
+        # Redis Cluster refused now if Redis answers, else before the first publish.
+        try:
+            self._topology_known = check_not_cluster(self._connection.client,
+                                                     self._connection.safe_url)
+            refuse_cluster_client(self._connection.listen_client)
+        except BackplaneConfigError:
+            self._connection.close()
+            raise
         self._appender = Appender(self._connection, self._keys, maxlen=self.maxlen,
                                   max_age=max_age)
         self._start_lock = threading.Lock()
@@ -393,6 +429,9 @@ class RedisBackplane(Backplane):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{kind} must be a str, not {type(name).__name__}")
         self._ensure_started()
+        if not self._topology_known and self._up:   # (down: the append fails anyway)
+            self._topology_known = check_not_cluster(self._connection.client,
+                                                     self._connection.safe_url)
         try:
             found = self._appender.append(kind, name, event, auto_id=broker.auto_id)
         except BackplaneError as exc:
@@ -405,7 +444,7 @@ class RedisBackplane(Backplane):
                 # Certainly not published: deliver here only.
                 log.debug("Redis unavailable: %s delivered to local sessions only", kind)
                 return broker.deliver_local([(None, kind, name, event.encode())])
-            if type(exc) is not BackplaneError:
+            if isinstance(exc, PublishOutcomeUnknownError):
                 self._publish_unknown += 1
             raise
         self._set_up()

@@ -13,7 +13,7 @@ answer:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import redis
 from redis.backoff import NoBackoff
@@ -39,26 +39,34 @@ def is_refusal(exc: BaseException) -> bool:
 class Connection:
     """The clients of one backplane: ``client`` for commands (a pool), and
     ``listen_client`` with one connection whose read timeout outlasts the
-    listener's ``XREAD BLOCK``."""
+    listener's ``XREAD BLOCK``.
+
+    ``factory`` (Sentinel, or the user's ``client_factory``), if given,
+    makes both clients instead of ``url``: it is called with the keyword
+    arguments of ``redis.Redis`` that gosse needs, and ``label`` names it in
+    messages."""
 
     def __init__(self, url: str, *, socket_timeout: float, connect_timeout: float,
-                 block: Optional[float], redis_options: Optional[Dict[str, Any]] = None
+                 block: Optional[float], redis_options: Optional[Dict[str, Any]] = None,
+                 factory: Optional[Callable[..., Any]] = None, label: Optional[str] = None
                  ) -> None:
         self.url = url
+        self.label = label
         self.redact = Redactor(url)
         common: Dict[str, Any] = dict(socket_timeout=socket_timeout,
                                       socket_connect_timeout=connect_timeout,
                                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
         common.update(redis_options or {})
-        self.client = redis.Redis.from_url(url, **common)
+        make = factory or (lambda **kw: redis.Redis.from_url(url, **kw))
+        self.client = make(**common)
         # None for a writer without a listener (block=None).
-        self.listen_client = None if block is None else redis.Redis.from_url(
-            url, **{**common, "max_connections": 1, "socket_timeout": block + socket_timeout})
+        self.listen_client = None if block is None else make(
+            **{**common, "max_connections": 1, "socket_timeout": block + socket_timeout})
 
     @property
     def safe_url(self) -> str:
-        """The URL with its password masked."""
-        return redact_url(self.url)
+        """The URL with its password masked (or the label of the factory)."""
+        return self.label if self.label is not None else redact_url(self.url)
 
     def describe(self, exc: BaseException) -> str:
         """``exc`` in words, secrets masked."""
@@ -84,7 +92,10 @@ class Connection:
 # What redis-py says when it could not even start a command: the connection
 # was not established or none was free.  Everything else that fails after a
 # command was handed to a socket may have run.
-_NOT_SENT = ("connecting to", "Too many connections", "No connection available")
+# Sentinel: "No master found" (no master to connect to), "The previous master
+# is now a slave" (a READONLY reply: refused, not run).
+_NOT_SENT = ("connecting to", "Too many connections", "No connection available",
+             "No master found", "The previous master is now a slave")
 
 
 def was_sent(exc: BaseException) -> bool:

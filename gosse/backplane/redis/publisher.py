@@ -3,12 +3,14 @@
 cron job, a management command, another service)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ...errors import BackplaneError, PublishOutcomeUnknownError, UnknownClientError
+from ...errors import (BackplaneConfigError, BackplaneError, PublishOutcomeUnknownError,
+                       UnknownClientError)
 from ...event import Event
 from .connection import OUTAGES, Connection, is_refusal, was_sent
 from .entries import APPEND, Keys, encode_fields, new_epoch
+from .ha import check_not_cluster, refuse_cluster_client, resolve
 
 __all__ = ["Appender", "Publisher", "MIN_STREAM_LEN"]
 
@@ -92,22 +94,43 @@ class Publisher:
     answer was lost, and ``send`` raises :class:`~gosse.UnknownClientError`
     for a client connected nowhere.  Thread-safe; ``close()`` releases the
     connections.
+
+    ``sentinels``, ``service_name``, ``sentinel_options`` and
+    ``client_factory`` reach Redis as for
+    :class:`~gosse.backplane.redis.RedisBackplane` (instead of ``url``); a
+    Redis Cluster is refused with :class:`~gosse.errors.BackplaneConfigError`.
     """
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
+    def __init__(self, url: Optional[str] = None, *, prefix: str = "gosse",
                  history: int = 10_000, max_age: Optional[float] = None,
                  auto_id: bool = True, socket_timeout: float = 5.0,
                  connect_timeout: float = 2.0,
-                 redis_options: Optional[Dict[str, Any]] = None) -> None:
+                 redis_options: Optional[Dict[str, Any]] = None,
+                 sentinels: Optional[Sequence[Tuple[str, int]]] = None,
+                 service_name: Optional[str] = None,
+                 sentinel_options: Optional[Dict[str, Any]] = None,
+                 client_factory: Optional[Callable[..., Any]] = None) -> None:
         if type(history) is not int or history < 0:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
         _check_age(max_age)
+        url, factory, label = resolve(url, sentinels, service_name, sentinel_options,
+                                      client_factory, socket_timeout=float(socket_timeout),
+                                      connect_timeout=float(connect_timeout))
         self.url = url
         self.prefix = prefix
         self.auto_id = bool(auto_id)
         self.connection = Connection(url, socket_timeout=socket_timeout,
                                      connect_timeout=connect_timeout, block=None,
-                                     redis_options=redis_options)
+                                     redis_options=redis_options, factory=factory,
+                                     label=label)
+        # Redis Cluster refused now if Redis answers, else before the first publish.
+        try:
+            self._topology_known = check_not_cluster(self.connection.client,
+                                                     self.connection.safe_url)
+            refuse_cluster_client(self.connection.listen_client)
+        except BackplaneConfigError:
+            self.connection.close()
+            raise
         self.keys = Keys(prefix)
         self.appender = Appender(self.connection, self.keys,
                                  maxlen=max(history, MIN_STREAM_LEN), max_age=max_age)
@@ -129,6 +152,9 @@ class Publisher:
             raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{kind} must be a str, not {type(name).__name__}")
+        if not self._topology_known:
+            self._topology_known = check_not_cluster(self.connection.client,
+                                                     self.connection.safe_url)
         found = self.appender.append(kind, name, event, auto_id=self.auto_id)
         if found is None:
             raise UnknownClientError(cast_str(name))
