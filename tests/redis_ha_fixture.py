@@ -4,7 +4,12 @@ redis-sentinel binary needed) with short timeouts, so a failover takes about
 a second or two; and a one-node Redis Cluster (``--cluster-enabled yes``).
 
 Every process listens on 127.0.0.1 only, keeps no data on disk, and is
-stopped at the end of the test.
+stopped at the end of the test.  ``sentinel_setup()`` and ``cluster_node()``
+are fixture bodies: wrap them in a test module::
+
+    @pytest.fixture
+    def sentinel_setup():
+        yield from redis_ha_fixture.sentinel_setup()
 """
 import os
 import shutil
@@ -12,8 +17,6 @@ import socket
 import subprocess
 import tempfile
 import time
-
-import pytest
 
 from redis_fixture import RedisServer, require_redis_server
 from servers import free_port
@@ -174,8 +177,10 @@ class SentinelSetup:
                 + "\nmaster log:\n" + self.master.log_tail()[-1500:])
 
 
-@pytest.fixture
+# Fixture bodies (the test module wraps them in @pytest.fixture).
+
 def sentinel_setup():
+    """master + replica + sentinel, started; stopped afterwards."""
     setup = SentinelSetup(require_redis_server())
     try:
         yield setup.start()
@@ -183,7 +188,6 @@ def sentinel_setup():
         setup.stop()
 
 
-@pytest.fixture
 def cluster_node():
     """A redis-server in cluster mode (one node, no slots assigned)."""
     binary = require_redis_server()

@@ -62,9 +62,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gosse.backplane.redis needs the redis package: "
                       "pip install 'gosse[redis]'") from exc
 
-from ...errors import (BackplaneConfigError, BackplaneError, BrokerClosedError,
-                       PublishOutcomeUnknownError,
-                       UnknownClientError)
+from ...errors import (
+    BackplaneConfigError,
+    BackplaneError,
+    BrokerClosedError,
+    PublishOutcomeUnknownError,
+    UnknownClientError,
+)
 from ...event import Event, reset_event
 from .. import Backplane
 from .connection import OUTAGES, Connection, is_refusal
@@ -462,6 +466,12 @@ class RedisBackplane(Backplane):
         the listener if needed (so the session misses nothing published from
         now on), then read what follows ``last_id``."""
         self._ensure_started()
+        listener = self._listener
+        if listener is not None:
+            # Until the listener knows where it starts, an event published now
+            # could fall before that point: the session would never get it.
+            # (Set at once when Redis cannot be reached.)
+            listener.ready.wait(self._socket_timeout)
         if last_id is None or self.history == 0 or self._replay is None:
             return None
         if not self._up:

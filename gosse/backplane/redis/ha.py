@@ -32,7 +32,7 @@ with ``cluster_enabled:1`` (``INFO cluster``), or a
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from ...errors import BackplaneConfigError
 from .connection import OUTAGES
@@ -102,7 +102,7 @@ def sentinel_factory(sentinels: Any, service_name: Any, *, socket_timeout: float
                                    socket_connect_timeout=connect_timeout,
                                    retry=Retry(NoBackoff(), 0))
     options.update(sentinel_options or {})
-    manager = Sentinel(pairs, sentinel_kwargs=options)
+    manager: Any = cast(Any, Sentinel)(pairs, sentinel_kwargs=options)
 
     def factory(**client_options: Any) -> Any:
         return manager.master_for(service_name, **client_options)

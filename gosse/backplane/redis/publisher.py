@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ...errors import (BackplaneConfigError, BackplaneError, PublishOutcomeUnknownError,
-                       UnknownClientError)
+from ...errors import (
+    BackplaneConfigError,
+    BackplaneError,
+    PublishOutcomeUnknownError,
+    UnknownClientError,
+)
 from ...event import Event
 from .connection import OUTAGES, Connection, is_refusal, was_sent
 from .entries import APPEND, Keys, encode_fields, new_epoch
