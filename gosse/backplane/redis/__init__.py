@@ -138,7 +138,7 @@ class RedisBackplane(Backplane):
 
     A Redis Cluster (``cluster_enabled:1``, or a ``RedisCluster`` from
     ``client_factory``) is refused with
-    :class:`~gosse.errors.BackplaneConfigError`: the backplane is one stream
+    :class:`~gosse.BackplaneConfigError`: the backplane is one stream
     in one order, which a cluster cannot hold.
 
     One instance serves one :class:`~gosse.Broker`; ``Broker.close()``

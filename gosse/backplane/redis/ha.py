@@ -28,7 +28,7 @@ cluster would half-work.  Hash-tagging every key into one slot would put all
 of it on one shard anyway, with none of the cluster's benefits.  So a server
 with ``cluster_enabled:1`` (``INFO cluster``), or a
 ``redis.cluster.RedisCluster`` client, is refused with
-:class:`~gosse.errors.BackplaneConfigError`.
+:class:`~gosse.BackplaneConfigError`.
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def _is_cluster_client(client: Any) -> bool:
 
 
 def refuse_cluster_client(client: Any) -> None:
-    """Raise :class:`~gosse.errors.BackplaneConfigError` for a cluster client."""
+    """Raise :class:`~gosse.BackplaneConfigError` for a cluster client."""
     if _is_cluster_client(client):
         raise BackplaneConfigError(CLUSTER_REFUSED + " (client_factory returned a "
                                    "redis.cluster.RedisCluster)")
@@ -128,7 +128,7 @@ def refuse_cluster_client(client: Any) -> None:
 
 def check_not_cluster(client: Any, label: str) -> bool:
     """Ask the server behind ``client`` whether it runs in cluster mode;
-    raise :class:`~gosse.errors.BackplaneConfigError` if so.
+    raise :class:`~gosse.BackplaneConfigError` if so.
 
     Returns True once settled, False when Redis could not be reached (ask
     again later).  A server that refuses ``INFO`` (an ACL without it)

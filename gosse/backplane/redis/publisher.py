@@ -102,7 +102,7 @@ class Publisher:
     ``sentinels``, ``service_name``, ``sentinel_options`` and
     ``client_factory`` reach Redis as for
     :class:`~gosse.backplane.redis.RedisBackplane` (instead of ``url``); a
-    Redis Cluster is refused with :class:`~gosse.errors.BackplaneConfigError`.
+    Redis Cluster is refused with :class:`~gosse.BackplaneConfigError`.
     """
 
     def __init__(self, url: Optional[str] = None, *, prefix: str = "gosse",
