@@ -201,3 +201,60 @@ def cluster_node():
         yield node.start()
     finally:
         node.stop()
+
+
+class SlowProxy:
+    """A TCP proxy on 127.0.0.1 to ``port`` that holds the first bytes the
+    server sends on each connection for ``delay`` seconds (a slow network
+    hop: e.g. a listener slow to learn its position)."""
+
+    def __init__(self, port, delay):
+        import threading
+        self.target, self.delay = port, delay
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        self.conns = []          # every socket opened; the accept thread appends
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, 0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self.delay),
+                             daemon=True).start()
+
+    def _pump(self, src, dst, delay):
+        first = True
+        while not self.stopped.is_set():
+            try:
+                src.settimeout(None)
+                data = src.recv(65536)
+                if not data:
+                    break
+                if first and delay:
+                    self.stopped.wait(delay)   # the latency under test
+                first = False
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stopped.set()
+        self.sock.close()
+        for s in self.conns:
+            s.close()

@@ -341,3 +341,40 @@ def test_cluster_client_from_factory_refused(cluster_node, redis_prefix):
     assert made   # the factory was used
     for client in made:
         client.close()
+
+
+# -- the listener's start, through a client_factory ---------------------------------------
+
+def test_first_session_gets_an_event_published_right_after_it_registered(redis_prefix):
+    """The listener's own connection goes through a proxy that delays the
+    server's first answer by 0.5 s: the first session of the process is
+    registered before the listener knows where it starts.  An event
+    broadcast as soon as the session exists must still reach it (the
+    session waits for the listener's position)."""
+    import redis
+
+    from gosse.backplane.redis import RedisBackplane
+    from redis_fixture import RedisServer, require_redis_server
+    with RedisServer(require_redis_server()) as server:
+        proxy = redis_ha_fixture.SlowProxy(server.port, 0.5)
+        calls = []
+
+        def factory(**kw):
+            calls.append(kw)
+            listener = kw.get("max_connections") == 1    # the listener's own client
+            return redis.Redis(host="127.0.0.1",
+                               port=proxy.port if listener else server.port, **kw)
+
+        broker = Broker(backplane=RedisBackplane(client_factory=factory,
+                                                 prefix=redis_prefix, **FAST))
+        try:
+            assert [c.get("max_connections") for c in calls][1] == 1
+            with werkzeug_server(make_app(broker)) as url:
+                r = reader(url, "x")
+                assert wait_until(lambda: broker.stats()["sessions"] == 1)
+                broker.broadcast(Event("first", id="1"))
+                assert [e.data for e in r.wait_events(1, timeout=5)] == ["first"]
+                r.close()
+        finally:
+            broker.close()
+            proxy.close()
