@@ -365,8 +365,9 @@ def test_first_session_gets_an_event_published_right_after_it_registered(redis_p
             return redis.Redis(host="127.0.0.1",
                                port=proxy.port if listener else server.port, **kw)
 
-        broker = Broker(backplane=RedisBackplane(client_factory=factory,
-                                                 prefix=redis_prefix, **FAST))
+        # The wait is bounded by socket_timeout: well above the delay here.
+        broker = Broker(backplane=RedisBackplane(client_factory=factory, prefix=redis_prefix,
+                                                 **{**FAST, "socket_timeout": 3.0}))
         try:
             assert [c.get("max_connections") for c in calls][1] == 1
             with werkzeug_server(make_app(broker)) as url:
