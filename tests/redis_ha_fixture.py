@@ -163,8 +163,11 @@ class SentinelSetup:
             return False
 
     def wait_replicated(self, timeout_ms=2000):
-        """WAIT until the replica has everything the master acknowledged."""
+        """Until the replica has everything the master acknowledged: the
+        number of replicas that do (WAIT counts the writes of its own
+        connection only, so it writes once first: after all the others)."""
         with self.master.client() as c:
+            c.set("gosse-test:replicated", "1")
             return c.execute_command("WAIT", 1, timeout_ms)
 
     def stop(self):
