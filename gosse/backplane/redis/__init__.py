@@ -175,7 +175,7 @@ class RedisBackplane(Backplane):
             raise ValueError(f"fallback must be None or 'local', not {fallback!r}")
         if not (hasattr(serializer, "dumps") and hasattr(serializer, "loads")):
             raise TypeError("serializer must have dumps() and loads() (e.g. json, pickle)")
-        url, factory, label = resolve(url, sentinels, service_name, sentinel_options,
+        url, factory, label, self._watch = resolve(url, sentinels, service_name, sentinel_options,
                                       client_factory, socket_timeout=float(socket_timeout),
                                       connect_timeout=float(connect_timeout))
         self.url = url
@@ -241,7 +241,7 @@ class RedisBackplane(Backplane):
             conn = self._connection
             listener = Listener(broker, conn.listen_client, self._keys, block=self.block,
                                 batch=self.batch, max_backoff=self.max_backoff,
-                                errors=OUTAGES, on_up=self._set_up, on_down=self._set_down)
+                                errors=OUTAGES, on_up=self._on_read, on_down=self._set_down)
             listener.uids_cap = self.maxlen + self.maxlen // 10 + 1000
             self._listener = listener
             self._presence = Presence(conn.client, self._keys, self._node, self.presence_ttl,
@@ -323,6 +323,16 @@ class RedisBackplane(Backplane):
             self._up = True
         log.info("Redis backplane %s available again", self._connection.safe_url)
         self._hb_wake.set()   # re-register presence now (Redis may have lost it)
+
+    def _on_read(self) -> None:
+        """In the listener thread, after each read: follow a Sentinel
+        failover (the listener then checks its position on the new master,
+        as after a lost connection), and note Redis up."""
+        listener, client = self._listener, self._connection.listen_client
+        if (self._watch is not None and listener is not None and client is not None
+                and self._watch.moved(client.connection_pool)):
+            listener.verify = True
+        self._set_up()
 
     def _failed(self, exc: BaseException) -> None:
         """Note a failed call: an outage marks the backplane down, a refusal
@@ -433,6 +443,8 @@ class RedisBackplane(Backplane):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{kind} must be a str, not {type(name).__name__}")
         self._ensure_started()
+        if self._watch is not None:
+            self._watch.moved(self._connection.client.connection_pool)
         if not self._topology_known and self._up:   # (down: the append fails anyway)
             self._topology_known = check_not_cluster(self._connection.client,
                                                      self._connection.safe_url)

@@ -32,15 +32,22 @@ with ``cluster_enabled:1`` (``INFO cluster``), or a
 """
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from ...errors import BackplaneConfigError
 from .connection import OUTAGES
 
 __all__ = ["resolve", "sentinel_factory", "sentinel_label", "check_not_cluster",
-           "refuse_cluster_client", "CLUSTER_REFUSED"]
+           "refuse_cluster_client", "CLUSTER_REFUSED", "SentinelWatch"]
 
 ClientFactory = Callable[..., Any]
+
+#: Seconds between two questions to the sentinels about the master (besides
+#: those redis-py asks when it connects): at most this long, writes can go to
+#: a replaced master that is still running.
+SENTINEL_CHECK_EVERY = 0.5
 
 CLUSTER_REFUSED = (
     "Redis Cluster is not supported by the gosse Redis backplane: it keeps one "
@@ -70,6 +77,42 @@ def _check_sentinels(sentinels: Any, service_name: Any) -> List[Tuple[str, int]]
     return out
 
 
+class SentinelWatch:
+    """Asks the sentinels for the master again, for one connection pool at a
+    time, at most every ``every`` seconds per pool: before a publish (the
+    command pool), after each read of the listener (its own pool).
+
+    redis-py asks only when it opens a connection, so a pooled connection
+    to a master that Sentinel replaced but that is still running (``SENTINEL
+    FAILOVER``, a healed partition: Sentinel demotes it about 10 s later)
+    keeps taking writes that are then lost (measured: hundreds of
+    acknowledged events in those 10 s).  When the answer changes, redis-py's
+    pool closes its idle connections and drops busy ones when released.
+    """
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._next: Dict[int, float] = {}   # id(pool) -> when to ask next
+        self._lock = threading.Lock()       # one question at a time; the others go on
+
+    def moved(self, pool: Any) -> bool:
+        """Whether ``pool``'s master changed (now, or since last asked)."""
+        now = time.monotonic()
+        key = id(pool)
+        if now < self._next.get(key, 0.0) or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._next[key] = now + self.every
+            before = getattr(pool, "master_address", None)
+            try:
+                after = pool.get_master_address()
+            except Exception:   # no sentinel answers: the commands' own errors tell
+                return False
+            return before is not None and tuple(after) != tuple(before)
+        finally:
+            self._lock.release()
+
+
 def sentinel_label(sentinels: Sequence[Tuple[str, int]], service_name: str) -> str:
     """How a Sentinel configuration is named in logs and errors (no secret)."""
     hosts = ",".join(f"{host}:{port}" for host, port in sentinels)
@@ -79,10 +122,11 @@ def sentinel_label(sentinels: Sequence[Tuple[str, int]], service_name: str) -> s
 def sentinel_factory(sentinels: Any, service_name: Any, *, socket_timeout: float,
                      connect_timeout: float,
                      sentinel_options: Optional[Dict[str, Any]] = None
-                     ) -> Tuple[ClientFactory, str]:
-    """``(factory, label)``: ``factory(**options)`` returns a client of the
-    current master of ``service_name`` (``Sentinel.master_for``, redis-py
-    4.5 and later); ``label`` names it in messages.
+                     ) -> Tuple[ClientFactory, str, SentinelWatch]:
+    """``(factory, label, watch)``: ``factory(**options)`` returns a client
+    of the current master of ``service_name`` (``Sentinel.master_for``,
+    redis-py 4.5 and later); ``label`` names it in messages; ``watch``
+    re-asks the sentinels for the clients made (see :class:`SentinelWatch`).
 
     ``sentinel_options`` are keyword arguments for the connections to the
     sentinels themselves (e.g. ``password`` when the sentinels require one;
@@ -107,8 +151,7 @@ def sentinel_factory(sentinels: Any, service_name: Any, *, socket_timeout: float
     def factory(**client_options: Any) -> Any:
         return manager.master_for(service_name, **client_options)
 
-    factory.sentinel = manager  # type: ignore[attr-defined]  # for tests and debugging
-    return factory, sentinel_label(pairs, service_name)
+    return factory, sentinel_label(pairs, service_name), SentinelWatch(SENTINEL_CHECK_EVERY)
 
 
 def _is_cluster_client(client: Any) -> bool:
@@ -154,10 +197,11 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 def resolve(url: Optional[str], sentinels: Any, service_name: Any,
             sentinel_options: Optional[Dict[str, Any]], client_factory: Any, *,
             socket_timeout: float, connect_timeout: float
-            ) -> Tuple[str, Optional[ClientFactory], Optional[str]]:
-    """``(url, factory, label)`` for :class:`~.connection.Connection` from
-    the one way of reaching Redis a backplane or publisher was given: a URL,
-    sentinels and a service name, or a client factory."""
+            ) -> Tuple[str, Optional[ClientFactory], Optional[str], Optional[SentinelWatch]]:
+    """``(url, factory, label, watch)``: the first three for
+    :class:`~.connection.Connection`, from the one way of reaching Redis a
+    backplane or publisher was given (a URL, sentinels and a service name,
+    or a client factory); ``watch`` with sentinels."""
     given = [name for name, value in (("url", url), ("sentinels", sentinels),
                                       ("client_factory", client_factory))
              if value is not None]
@@ -167,18 +211,18 @@ def resolve(url: Optional[str], sentinels: Any, service_name: Any,
     if sentinels is None and (service_name is not None or sentinel_options is not None):
         raise BackplaneConfigError("service_name and sentinel_options go with sentinels=")
     if sentinels is not None:
-        factory, label = sentinel_factory(sentinels, service_name,
-                                          socket_timeout=socket_timeout,
-                                          connect_timeout=connect_timeout,
-                                          sentinel_options=sentinel_options)
-        return label, factory, label
+        factory, label, watch = sentinel_factory(sentinels, service_name,
+                                                 socket_timeout=socket_timeout,
+                                                 connect_timeout=connect_timeout,
+                                                 sentinel_options=sentinel_options)
+        return label, factory, label, watch
     if client_factory is not None:
         if not callable(client_factory):
             raise BackplaneConfigError(f"client_factory must be a callable returning a "
                                        f"redis.Redis, not {client_factory!r}")
         name = getattr(client_factory, "__qualname__", type(client_factory).__name__)
         label = f"client_factory {name}"
-        return label, client_factory, label
+        return label, client_factory, label, None
     if url is not None and not isinstance(url, str):
         raise BackplaneConfigError(f"url must be a str, not {type(url).__name__}")
-    return url or DEFAULT_URL, None, None
+    return url or DEFAULT_URL, None, None, None

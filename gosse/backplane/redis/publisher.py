@@ -117,7 +117,7 @@ class Publisher:
         if type(history) is not int or history < 0:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
         _check_age(max_age)
-        url, factory, label = resolve(url, sentinels, service_name, sentinel_options,
+        url, factory, label, self._watch = resolve(url, sentinels, service_name, sentinel_options,
                                       client_factory, socket_timeout=float(socket_timeout),
                                       connect_timeout=float(connect_timeout))
         self.url = url
@@ -156,6 +156,8 @@ class Publisher:
             raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{kind} must be a str, not {type(name).__name__}")
+        if self._watch is not None:    # Sentinel: follow a failover (see ha.SentinelWatch)
+            self._watch.moved(self.connection.client.connection_pool)
         if not self._topology_known:
             self._topology_known = check_not_cluster(self.connection.client,
                                                      self.connection.safe_url)
