@@ -472,3 +472,43 @@ def test_first_session_gets_an_event_published_right_after_it_registered(redis_p
         finally:
             broker.close()
             proxy.close()
+
+
+def test_sentinel_passwords_stay_out_of_messages(redis_prefix):
+    """The master's and the sentinels' passwords appear in no repr, error
+    or log line, with no sentinel reachable; bad Sentinel arguments are
+    BackplaneConfigErrors."""
+    import logging
+
+    from gosse.backplane.redis import Publisher, RedisBackplane
+    from servers import free_port
+    port = free_port()    # nothing listens there
+    kw = dict(sentinels=[("127.0.0.1", port)], service_name="svc", prefix=redis_prefix,
+              redis_options={"password": "m4ster-pw"},
+              sentinel_options={"password": "s3ntinel-pw"})
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("gosse").addHandler(handler)
+    try:
+        broker = Broker(backplane=RedisBackplane(**kw, **FAST))
+        publisher = Publisher(**kw, connect_timeout=0.5)
+        with pytest.raises(BackplaneError) as one:
+            broker.broadcast(Event("x"))
+        with pytest.raises(BackplaneError) as two:
+            publisher.broadcast(Event("x"))
+        broker.close()
+        publisher.close()
+    finally:
+        logging.getLogger("gosse").removeHandler(handler)
+    texts = [str(one.value), str(two.value), repr(broker.backplane), repr(publisher)]
+    texts += [r.getMessage() for r in records]
+    assert f"sentinel://127.0.0.1:{port}/svc" in texts[0]
+    for text in texts:
+        assert "m4ster-pw" not in text and "s3ntinel-pw" not in text, text
+    for bad in (dict(sentinels=[("127.0.0.1", port)]),                 # no service_name
+                dict(sentinels=["127.0.0.1:26379"], service_name="svc"),
+                dict(url="redis://127.0.0.1:1/0", sentinels=[("h", 1)], service_name="s"),
+                dict(service_name="svc"), dict(client_factory="redis://x")):
+        with pytest.raises(BackplaneConfigError):
+            RedisBackplane(**bad)
