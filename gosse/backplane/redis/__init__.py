@@ -175,9 +175,9 @@ class RedisBackplane(Backplane):
             raise ValueError(f"fallback must be None or 'local', not {fallback!r}")
         if not (hasattr(serializer, "dumps") and hasattr(serializer, "loads")):
             raise TypeError("serializer must have dumps() and loads() (e.g. json, pickle)")
-        url, factory, label, self._watch = resolve(url, sentinels, service_name, sentinel_options,
-                                      client_factory, socket_timeout=float(socket_timeout),
-                                      connect_timeout=float(connect_timeout))
+        url, factory, label, self._watch = resolve(
+            url, sentinels, service_name, sentinel_options, client_factory,
+            socket_timeout=float(socket_timeout), connect_timeout=float(connect_timeout))
         self.url = url
         self.prefix = prefix
         self.history = history

@@ -117,9 +117,9 @@ class Publisher:
         if type(history) is not int or history < 0:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
         _check_age(max_age)
-        url, factory, label, self._watch = resolve(url, sentinels, service_name, sentinel_options,
-                                      client_factory, socket_timeout=float(socket_timeout),
-                                      connect_timeout=float(connect_timeout))
+        url, factory, label, self._watch = resolve(
+            url, sentinels, service_name, sentinel_options, client_factory,
+            socket_timeout=float(socket_timeout), connect_timeout=float(connect_timeout))
         self.url = url
         self.prefix = prefix
         self.auto_id = bool(auto_id)
