@@ -59,7 +59,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 try:
     import redis  # noqa: F401
@@ -69,7 +69,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from redis.exceptions import ResponseError
 
-from ...errors import BackplaneError, BrokerClosedError, UnknownClientError
+from ...errors import (
+    BackplaneConfigError,
+    BackplaneError,
+    BrokerClosedError,
+    PublishOutcomeUnknownError,
+    UnknownClientError,
+)
 from ...event import Event, reset_event
 from .. import Backplane
 from .connection import (
@@ -82,6 +88,7 @@ from .connection import (
     is_refusal,
 )
 from .entries import Dataset, Keys
+from .ha import check_not_cluster, refuse_cluster_client, resolve
 from .listener import Listener
 from .presence import Presence
 from .publisher import MIN_STREAM_LEN, Appender, Publisher, _check_age
@@ -146,13 +153,29 @@ class RedisBackplane(Backplane):
       pool: a caller waits up to ``socket_timeout`` for a free one, then
       gets a :class:`~gosse.errors.BackplaneError` naming this option).
     * ``redis_options``: extra keyword arguments for the connections
-      (``redis.BlockingConnectionPool.from_url``).
+      (``redis.BlockingConnectionPool.from_url``; or for the master's
+      clients with ``sentinels``, or for ``client_factory``).
+    * ``sentinels`` and ``service_name``: instead of ``url``, a master and
+      replicas managed by Redis Sentinel (``[(host, port), ...]`` of the
+      sentinels, the name they monitor the master under); every connection,
+      the listener's included, goes to the current master, through
+      failovers.  ``sentinel_options``: keyword arguments for the
+      connections to the sentinels (e.g. ``password``).
+    * ``client_factory``: instead of ``url``, a callable making the
+      ``redis.Redis`` clients; it is called twice (commands, and the
+      listener's own connection) with keyword arguments gosse needs
+      (``socket_timeout``, ``max_connections``, ...), to pass on.
 
     The constructor checks, without writing anything, that Redis accepts
     the credentials, that the ACL user may run what the backplane needs and
     that the server is a writable master; if not it raises
     :class:`~gosse.errors.BackplaneConfigError` saying what to change.  An
     unreachable Redis is only logged: the backplane works once it is back.
+
+    A Redis Cluster (``cluster_enabled:1``, or a ``RedisCluster`` from
+    ``client_factory``) is refused with
+    :class:`~gosse.BackplaneConfigError`: the backplane is one stream
+    in one order, which a cluster cannot hold.
 
     One instance serves one :class:`~gosse.Broker`; ``Broker.close()``
     closes it.  Its two threads (listener and heartbeat) start on first use
@@ -161,14 +184,18 @@ class RedisBackplane(Backplane):
 
     shared = True
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
+    def __init__(self, url: Optional[str] = None, *, prefix: str = "gosse",
                  history: int = 10_000, max_age: Optional[float] = None,
                  presence_ttl: float = 30.0, block: float = 1.0,
                  socket_timeout: float = 5.0, connect_timeout: float = 2.0,
                  max_backoff: float = 5.0, batch: int = 512, serializer: Any = json,
                  max_metadata_bytes: int = 64 * 1024, fallback: Optional[str] = None,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 redis_options: Optional[Dict[str, Any]] = None):
+                 redis_options: Optional[Dict[str, Any]] = None,
+                 sentinels: Optional[Sequence[Tuple[str, int]]] = None,
+                 service_name: Optional[str] = None,
+                 sentinel_options: Optional[Dict[str, Any]] = None,
+                 client_factory: Optional[Callable[..., Any]] = None):
         super().__init__()
         if type(history) is not int or history < 0:
             raise ValueError(f"history must be a non-negative int, not {history!r}")
@@ -188,6 +215,9 @@ class RedisBackplane(Backplane):
         if type(max_metadata_bytes) is not int or max_metadata_bytes < 1:
             raise ValueError("max_metadata_bytes must be a positive int, "
                              f"not {max_metadata_bytes!r}")
+        url, factory, label, self._watch = resolve(
+            url, sentinels, service_name, sentinel_options, client_factory,
+            socket_timeout=float(socket_timeout), connect_timeout=float(connect_timeout))
         self.url = url
         self.prefix = prefix
         self.history = history
@@ -205,7 +235,16 @@ class RedisBackplane(Backplane):
         self._connection = Connection(url, socket_timeout=socket_timeout,
                                       connect_timeout=connect_timeout, block=self.block,
                                       max_connections=max_connections,
-                                      redis_options=redis_options)
+                                      redis_options=redis_options, factory=factory,
+                                      label=label)
+        # Redis Cluster refused now if Redis answers, else before the first publish.
+        try:
+            self._topology_known = check_not_cluster(self._connection.client,
+                                                     self._connection.safe_url)
+            refuse_cluster_client(self._connection.listen_client)
+        except BackplaneConfigError:
+            self._connection.close()
+            raise
         # What this process knows of the dataset (see Dataset): shared by the
         # appends and the presence lookups; a new one wakes the heartbeat.
         self._dataset = Dataset(self.rebuild_grace, on_new=lambda: self._hb_wake.set())
@@ -251,7 +290,7 @@ class RedisBackplane(Backplane):
             conn = self._connection
             listener = Listener(broker, conn.listen_client, self._keys, block=self.block,
                                 batch=self.batch, max_backoff=self.max_backoff,
-                                errors=LISTENER_ERRORS, on_up=self._set_up,
+                                errors=LISTENER_ERRORS, on_up=self._on_read,
                                 on_down=self._set_down)
             listener.uids_cap = self.maxlen + self.maxlen // 10 + 1000
             self._listener = listener
@@ -353,6 +392,16 @@ class RedisBackplane(Backplane):
             self._up = True
         log.info("Redis backplane %s available again", self._connection.safe_url)
         self._hb_wake.set()   # re-register presence now (Redis may have lost it)
+
+    def _on_read(self) -> None:
+        """In the listener thread, after each read: follow a Sentinel
+        failover (the listener then checks its position on the new master,
+        as after a lost connection), and note Redis up."""
+        listener, client = self._listener, self._connection.listen_client
+        if (self._watch is not None and listener is not None and client is not None
+                and self._watch.moved(client.connection_pool)):
+            listener.verify = True
+        self._set_up()
 
     def _failed(self, exc: BaseException) -> None:
         """Note a failed call: an outage marks the backplane down, a refusal
@@ -503,6 +552,11 @@ class RedisBackplane(Backplane):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{kind} must be a str, not {type(name).__name__}")
         self._ensure_started()
+        if self._watch is not None:
+            self._watch.moved(self._connection.client.connection_pool)
+        if not self._topology_known and self._up:   # (down: the append fails anyway)
+            self._topology_known = check_not_cluster(self._connection.client,
+                                                     self._connection.safe_url)
         try:
             found = self._appender.append(
                 kind, name, event, auto_id=broker.auto_id,
@@ -517,7 +571,7 @@ class RedisBackplane(Backplane):
                 # Redis unreachable and certainly not published: deliver here only.
                 log.debug("Redis unavailable: %s delivered to local sessions only", kind)
                 return broker.deliver_local([(None, kind, name, event.encode())])
-            if type(exc) is not BackplaneError:
+            if isinstance(exc, PublishOutcomeUnknownError):
                 self._publish_unknown += 1
             raise
         self._set_up()
@@ -535,6 +589,12 @@ class RedisBackplane(Backplane):
         the listener if needed (so the session misses nothing published from
         now on), then read what follows ``last_id``."""
         self._ensure_started()
+        listener = self._listener
+        if listener is not None:
+            # Until the listener knows where it starts, an event published now
+            # could fall before that point: the session would never get it.
+            # (Set at once when Redis cannot be reached.)
+            listener.ready.wait(self._socket_timeout)
         if last_id is None or self.history == 0 or self._replay is None:
             return None
         if not self._up:

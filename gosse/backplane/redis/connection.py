@@ -27,10 +27,11 @@ unreachable Redis is only logged (streams work when it returns).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from queue import Empty, LifoQueue
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -96,8 +97,11 @@ def is_outage(exc: BaseException) -> bool:
 
 # What redis-py says when it could not even start a command.  Only used for a
 # client without a pool of its own (run_script knows better).
+# Sentinel: "No master found" (no master to connect to), "The previous master
+# is now a slave" (a READONLY reply: refused, not run).
 _NOT_SENT = ("connecting to", "Too many connections", "No connection available",
-             "max number of clients reached")
+             "max number of clients reached", "No master found",
+             "The previous master is now a slave")
 
 
 def was_sent(exc: BaseException) -> bool:
@@ -179,17 +183,25 @@ def acl_rule(prefix: str = "gosse", user: str = "gosse", *, publisher_only: bool
 class Connection:
     """The clients of one backplane: ``client`` for commands (a blocking
     pool of ``max_connections``), and ``listen_client`` with one connection
-    whose read timeout outlasts the listener's ``XREAD BLOCK``."""
+    whose read timeout outlasts the listener's ``XREAD BLOCK``.
+
+    ``factory`` (Sentinel, or the user's ``client_factory``), if given,
+    makes both clients instead of ``url``: it is called with the keyword
+    arguments of ``redis.Redis`` that gosse needs (``max_connections``
+    included; its pool is its own), and ``label`` names it in messages."""
 
     def __init__(self, url: str, *, socket_timeout: float, connect_timeout: float,
                  block: Optional[float], max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 redis_options: Optional[Dict[str, Any]] = None) -> None:
+                 redis_options: Optional[Dict[str, Any]] = None,
+                 factory: Optional[Callable[..., Any]] = None, label: Optional[str] = None
+                 ) -> None:
         if type(max_connections) is not int or max_connections < 1:
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         options = dict(redis_options or {})
         if "max_connections" in options:
             raise ValueError("pass max_connections to the backplane, not in redis_options")
         self.url = url
+        self.label = label
         self.redact = Redactor(url)
         self.max_connections = max_connections
         common: Dict[str, Any] = dict(socket_timeout=socket_timeout,
@@ -199,25 +211,35 @@ class Connection:
                 redis.UnixDomainSocketConnection.__init__).parameters:
             del common["socket_connect_timeout"]      # redis-py < 5 refuses it there
         common.update(options)
-        # A caller waits at most socket_timeout for a free connection.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=socket_timeout,
-            queue_class=_Slots, **common)
-        self.client = redis.Redis(connection_pool=pool)
-        self._pool: Any = pool    # redis-py's pool API is untyped
-        params = inspect.signature(pool.get_connection).parameters
+        listen_options = {**common, "max_connections": 1,
+                          "socket_timeout": (block or 0.0) + socket_timeout}
+        make: Callable[..., Any]
+        pool: Any    # redis-py's pool API is untyped
+        if factory is None:
+            # A caller waits at most socket_timeout for a free connection.
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=socket_timeout,
+                queue_class=_Slots, **common)
+            self.client = redis.Redis(connection_pool=pool)
+            make = functools.partial(redis.Redis.from_url, url)
+        else:
+            self.client = factory(**{**common, "max_connections": max_connections})
+            # (A RedisCluster has none: the backplane refuses it next.)
+            pool = getattr(self.client, "connection_pool", None)
+            make = factory
+        self._pool = pool
+        params = inspect.signature(pool.get_connection).parameters if pool is not None else {}
         # redis-py < 5.3 wants a command name; later versions warn about one.
         self._checkout_args: Tuple[str, ...] = (
             ("EVALSHA",) if "command_name" in params
             and params["command_name"].default is inspect.Parameter.empty else ())
         # None for a writer without a listener (block=None).
-        self.listen_client = None if block is None else redis.Redis.from_url(
-            url, **{**common, "max_connections": 1, "socket_timeout": block + socket_timeout})
+        self.listen_client = None if block is None else make(**listen_options)
 
     @property
     def safe_url(self) -> str:
-        """The URL with its password masked."""
-        return redact_url(self.url)
+        """The URL with its password masked (or the label of the factory)."""
+        return self.label if self.label is not None else redact_url(self.url)
 
     @property
     def user(self) -> str:

@@ -3,7 +3,7 @@
 cron job, a management command, another service)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..._redact import Redactor, redact_url
 from ...errors import (
@@ -25,6 +25,7 @@ from .connection import (
     was_sent,
 )
 from .entries import APPEND, Dataset, Keys, encode_fields, new_epoch
+from .ha import check_not_cluster, refuse_cluster_client, resolve
 
 __all__ = ["Appender", "Publisher", "MIN_STREAM_LEN"]
 
@@ -136,6 +137,10 @@ class Publisher:
       broker), as with ``Broker(auto_id=True)``.
     * ``socket_timeout``, ``connect_timeout``, ``max_connections``,
       ``redis_options``: as for ``RedisBackplane``.
+    * ``sentinels``, ``service_name``, ``sentinel_options`` and
+      ``client_factory`` reach Redis as for ``RedisBackplane`` (instead of
+      ``url``); a Redis Cluster is refused with
+      :class:`~gosse.BackplaneConfigError`.
 
     Each method appends the event once and returns its id (its own, the auto
     id, or None without either); every broker's listener then delivers it to
@@ -158,16 +163,20 @@ class Publisher:
     own connections.
     """
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gosse",
+    def __init__(self, url: Optional[str] = None, *, prefix: str = "gosse",
                  history: Optional[int] = None, max_age: Optional[float] = None,
                  auto_id: bool = True, socket_timeout: float = 5.0,
                  connect_timeout: float = 2.0,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 redis_options: Optional[Dict[str, Any]] = None) -> None:
+                 redis_options: Optional[Dict[str, Any]] = None,
+                 sentinels: Optional[Sequence[Tuple[str, int]]] = None,
+                 service_name: Optional[str] = None,
+                 sentinel_options: Optional[Dict[str, Any]] = None,
+                 client_factory: Optional[Callable[..., Any]] = None) -> None:
         if history is not None and (type(history) is not int or history < 0):
             raise ValueError(f"history must be None or a non-negative int, not {history!r}")
         _check_age(max_age)
-        if not isinstance(url, str):
+        if url is not None and not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         for what, value in (("socket_timeout", socket_timeout),
                             ("connect_timeout", connect_timeout)):
@@ -176,16 +185,28 @@ class Publisher:
         self.keys = Keys(prefix)
         self.prefix = prefix
         self.auto_id = bool(auto_id)
+        url, factory, label, self._watch = resolve(
+            url, sentinels, service_name, sentinel_options, client_factory,
+            socket_timeout=float(socket_timeout), connect_timeout=float(connect_timeout))
         try:
             self.connection = Connection(url, socket_timeout=socket_timeout,
                                          connect_timeout=connect_timeout, block=None,
                                          max_connections=max_connections,
-                                         redis_options=redis_options)
+                                         redis_options=redis_options, factory=factory,
+                                         label=label)
         except (ValueError, TypeError) as exc:   # redis-py: a bad scheme, port, option
             raise BackplaneConfigError(
                 f"cannot use Redis {redact_url(url)}: {Redactor(url)(exc)}") from None
         #: The Redis URL, password masked.
         self.url = self.connection.safe_url
+        # Redis Cluster refused now if Redis answers, else before the first publish.
+        try:
+            self._topology_known = check_not_cluster(self.connection.client,
+                                                     self.connection.safe_url)
+            refuse_cluster_client(self.connection.listen_client)
+        except BackplaneConfigError:
+            self.connection.close()
+            raise
         # Fail fast on a wrong password, a missing permission, a replica.
         self.connection.check(self.keys, WRITER_COMMANDS)
         self.appender = Appender(self.connection, self.keys,
@@ -223,6 +244,11 @@ class Publisher:
             raise TypeError(f"expected a gosse.Event, not {type(event).__name__}")
         if self._closed:
             raise BrokerClosedError("the publisher is closed")
+        if self._watch is not None:    # Sentinel: follow a failover (see ha.SentinelWatch)
+            self._watch.moved(self.connection.client.connection_pool)
+        if not self._topology_known:
+            self._topology_known = check_not_cluster(self.connection.client,
+                                                     self.connection.safe_url)
         found = self.appender.append(kind, name, event, auto_id=self.auto_id)
         if found is None:
             raise UnknownClientError(name or "")
