@@ -136,7 +136,7 @@ class _Slots(LifoQueue):  # type: ignore[type-arg]
 # of entries, listener, presence and replay.  "P"/"M"/"S"/"T": a presence,
 # metadata, stream or state key.
 WRITER_COMMANDS: Tuple[Tuple[str, ...], ...] = (
-    ("time",), ("zcount", "P", "0", "1"), ("hsetnx", "T", "e", "x"), ("hget", "T", "e"),
+    ("info", "cluster"), ("time",), ("zcount", "P", "0", "1"), ("hsetnx", "T", "e", "x"), ("hget", "T", "e"),
     ("hset", "T", "n", "1"), ("hincrby", "T", "s", "1"), ("xadd", "S", "*", "f", "v"),
     ("xtrim", "S", "MAXLEN", "1"))
 BROKER_COMMANDS: Tuple[Tuple[str, ...], ...] = WRITER_COMMANDS + (
