@@ -234,18 +234,24 @@ def test_feed_close_unblocks_iterators_quietly():
         feed = connect_with_sse_feed(server.url())
         subs = [feed.subscribe() for _ in range(3)]
         results = []
+        got_one = [threading.Event() for _ in subs]
 
-        def consume(sub):
+        def consume(sub, got):
             try:
-                results.append([e.data for e in sub])
+                seen = []
+                for e in sub:
+                    seen.append(e.data)
+                    got.set()          # it blocks for the next one now
+                results.append(seen)
             except Exception as exc:  # pragma: no cover - would fail the test
                 results.append(exc)
 
-        threads = [threading.Thread(target=consume, args=(s,)) for s in subs]
+        threads = [threading.Thread(target=consume, args=(s, g))
+                   for s, g in zip(subs, got_one)]
         for t in threads:
             t.start()
         assert feed.connected.wait(3)
-        time.sleep(0.1)  # let the consumers block
+        assert all(g.wait(10) for g in got_one)
         start = time.monotonic()
         feed.close()
         for t in threads:
