@@ -9,7 +9,8 @@
 # (3.5 min of tests, 10-15 s of installing with a warm pip cache, a minute or
 # two more with a cold one), seven of them would not fit, so CI runs
 # (measured: 882 s in all with a warm cache; 1185 s once test_deploy_defects.py
-# arrived, before the fast subset left it out):
+# arrived, before the fast subset left it out; 1355 s on 2 cores shared with
+# other work, 1656 s at load 10-14):
 #   the whole suite:  tests-3.9, oldest (3.9, the floors of setup.cfg),
 #                     newest (3.13, the newest release of everything; it is
 #                     the 3.13 entry, so tests-3.13 is not run again)

@@ -21,8 +21,9 @@ Routes:
 * ``POST /burst?n=N&size=S&tag=T&first=F``: broadcast events
   ``payload(T, i, S)`` (id ``T-i``) for i from F (0) to F+N-1; answers
   ``{"n": delivered, "seconds": elapsed}``.
-* ``POST /close/<client>``, ``POST /broker-close``: ``conn.close()`` of
-  the client's sessions, ``broker.close()``.
+* ``POST /close/<client>?timeout=S``, ``POST /broker-close``:
+  ``conn.close()`` of the client's sessions (``conn.close(timeout=S)`` if
+  given), ``broker.close()``.
 * ``POST /big-then?size=S&then=close|broker|none&client=ID``: one event of
   ``S`` bytes, then (in the same request) end the client's sessions.
 * ``POST /race?client=ID&size=S&then=close|broker``: one event of ``S``
@@ -152,8 +153,9 @@ def make_app(broker, record, wrap=None):
                             mimetype="application/json")
         if path.startswith("/close/"):
             conns = broker.sessions(path[len("/close/"):])
+            timeout = {"timeout": float(args["timeout"])} if "timeout" in args else {}
             for conn in conns:
-                conn.close()
+                conn.close(**timeout)
             return Response(str(len(conns)))
         if path == "/broker-close":
             broker.close()

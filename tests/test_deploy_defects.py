@@ -328,7 +328,10 @@ def test_gevent_exit_waits_for_a_client_that_keeps_its_connection():
                 running.proc.wait(2)      # still running: the connection is open
         t0 = time.monotonic()
         assert running.proc.wait(10) == 0
-        assert time.monotonic() - t0 < 3
+        # Soon, not after --keep-alive (30 s): gunicorn's gevent worker looks
+        # at its connections once a second (1.5-1.8 s measured; 3.5 s at
+        # load 10-14 on 2 cores, the compat matrix).
+        assert time.monotonic() - t0 < 8
 
 
 def test_sync_worker_answers_nothing_else_while_it_streams():

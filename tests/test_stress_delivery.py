@@ -30,6 +30,7 @@ READERS = 30
 SLOW = range(0, READERS, 3)          # a third: 4 KiB buffer, slow reads
 ABRUPT = {1, 4, 7}                   # closed by the client (RST) mid-stream
 CLOSED = {2, 5, 8}                   # ended by conn.close() mid-stream
+CLOSE_TIMEOUT = 10.0                 # their conn.close(timeout): far below the test's 25 s
 SIZES = {"b0": 40, "b1": 400, "b2": 3000, "b3": 24000}   # per broadcaster
 
 
@@ -130,7 +131,13 @@ def run_stress(rounds, n, seconds):
             assert wait_until(lambda: min(progress.values()) >= rounds // 3 or errors,
                               timeout=seconds)
             for i in CLOSED:
-                requests.post(f"{url}/close/r{i}", timeout=10)
+                # With the 1 s default a clean end may flush only what this
+                # process's readers take in 1 s; on a loaded machine (the
+                # compat matrix, load 10-14 on 2 cores) a fast reader fell
+                # further behind and was cut mid-chunk, as designed (that
+                # cut is test_delivery_defects.py's stalled-close test).
+                requests.post(f"{url}/close/r{i}", params={"timeout": CLOSE_TIMEOUT},
+                              timeout=10)
             assert wait_until(lambda: progress["b0"] >= rounds - 2 or errors, timeout=seconds)
             closing.set()
             requests.post(f"{url}/broker-close", timeout=10)
@@ -159,7 +166,11 @@ def run_stress(rounds, n, seconds):
                 head, _ = r.stream.next_response("/whoami")
                 assert head.startswith(b"HTTP/1.1 200"), (r.client, head[:80])
             for i in CLOSED:
-                assert readers[i].stream.ended, (i, readers[i].cut)
+                # Ended with the last chunk, unless it was dropped as slow
+                # before the close came (a loaded machine starves the readers).
+                ends = requests.get(f"{url}/conns/r{i}", timeout=5).json()
+                assert readers[i].stream.ended or [e["end_reason"] for e in ends] == [
+                    "slow reader"], (i, readers[i].cut, ends)
             # Every session ended once, with its disconnect callback once.
             assert wait_until(lambda: requests.get(f"{url}/stats").json()["sessions"] == 0,
                               timeout=5)
