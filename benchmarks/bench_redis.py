@@ -1061,6 +1061,7 @@ def run_listener_cpu(args, redis_url):
 def run_memory(args, redis_url):
     """used_memory per 1 KiB event in the stream, median of 3 rounds."""
     import statistics
+
     import redis
     r = redis.Redis.from_url(redis_url)
     per, xlens = [], []

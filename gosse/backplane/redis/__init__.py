@@ -288,7 +288,7 @@ class RedisBackplane(Backplane):
                 self._reset_process_state()
             broker = self._bound()
             conn = self._connection
-            listener = Listener(broker, conn.listen_client, self._keys, block=self.block,
+            listener = Listener(broker, conn, self._keys, block=self.block,
                                 batch=self.batch, max_backoff=self.max_backoff,
                                 errors=LISTENER_ERRORS, on_up=self._on_read,
                                 on_down=self._set_down)

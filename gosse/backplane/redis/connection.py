@@ -236,6 +236,19 @@ class Connection:
         # None for a writer without a listener (block=None).
         self.listen_client = None if block is None else make(**listen_options)
 
+    def checkout_listener(self) -> Any:
+        """The listener's connection, taken from its one-connection pool
+        (:meth:`release_listener` gives it back): the listener sends its
+        XREADs on it directly, without redis-py's per-command dispatch."""
+        assert self.listen_client is not None
+        return self.listen_client.connection_pool.get_connection(*self._checkout_args)
+
+    def release_listener(self, conn: Any, *, broken: bool = False) -> None:
+        if broken:
+            conn.disconnect()
+        assert self.listen_client is not None
+        self.listen_client.connection_pool.release(conn)
+
     @property
     def safe_url(self) -> str:
         """The URL with its password masked (or the label of the factory)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 __all__ = ["Keys", "Entry", "APPEND", "Dataset", "decode", "encode_fields", "new_epoch",
            "parse_auto_id", "KIND_CODE"]
@@ -175,7 +175,11 @@ def seq_of(sid: bytes) -> Tuple[int, int]:
     return int(ms), int(n or 0)
 
 
-def decode(sid: bytes, f: Dict[bytes, bytes]) -> Entry:
+def decode(sid: bytes, f: Any) -> Entry:
+    """An entry from its id and fields (a dict, or the flat ``[field,
+    value, ...]`` list of a raw reply)."""
+    if type(f) is not dict:
+        f = dict(zip(f[::2], f[1::2]))
     epoch = f.get(b"e", b"")
     wire = f.get(b"w", b"")
     uid = f.get(b"u")

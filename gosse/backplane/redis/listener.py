@@ -57,6 +57,10 @@ _GAP_WIRE = Event("", event=RESET_EVENT).encode()
 RING_SIZE = 4096
 # A gap log line at most this often (seconds); the count is in stats().
 _LOG_EVERY = 10.0
+# After a read of fewer entries than this, the next read waits LINGER
+# seconds: at most that much latency, for far fewer reads at a steady rate.
+LINGER_BELOW = 64
+LINGER = 0.002
 
 
 class Listener:
@@ -68,11 +72,13 @@ class Listener:
     unreachable.
     """
 
-    def __init__(self, broker: Any, client: Any, keys: Keys, *, block: float, batch: int,
+    def __init__(self, broker: Any, connection: Any, keys: Keys, *, block: float, batch: int,
                  max_backoff: float, errors: Tuple[type, ...],
                  on_up: Callable[[], None], on_down: Callable[[BaseException], None]) -> None:
         self.broker = broker
-        self.client = client
+        self.connection = connection     # its listen_client and listener connection
+        self.client = connection.listen_client
+        self._conn: Any = None           # the connection XREAD is sent on (this thread's)
         self.keys = keys
         self.block_ms = max(1, int(block * 1000))
         self.batch = batch
@@ -99,7 +105,7 @@ class Listener:
         self.received = 0
         self.gaps = 0
         self.resets = 0
-        self.cpu = 0.0                # seconds of this thread's CPU spent delivering
+        self.cpu = 0.0                # this thread's CPU seconds (read by stats())
         self.lag_ms = 0
         self._last_gap_log = 0.0
         self._first_attempt: Optional[float] = None
@@ -117,14 +123,15 @@ class Listener:
         stop = self.stop
         while not stop.is_set():
             try:
-                if self.delivered is None:
-                    self._init_position()
-                elif self.verify:
-                    self._verify_position()
-                resp = cast(List[Tuple[bytes, List[Tuple[bytes, Dict[bytes, bytes]]]]],
-                            self.client.xread({self.keys.stream: self.delivered},
-                                              count=self.batch, block=self.block_ms))
+                if self.delivered is None or self.verify:
+                    self._give_back()          # these go through the client's pool
+                    if self.delivered is None:
+                        self._init_position()
+                    else:
+                        self._verify_position()
+                entries = self._read()
             except Exception as exc:  # RedisError, OSError, parser errors
+                self._give_back(broken=True)
                 if stop.is_set():
                     break
                 self.ready.set()      # nobody waits longer for a position
@@ -140,13 +147,41 @@ class Listener:
                 continue
             backoff = 0.0
             self.on_up()
-            if resp:
-                t0 = time.thread_time()
+            if entries:
                 try:
-                    self._deliver(resp[0][1])
+                    self._deliver(entries)
                 except Exception:  # pragma: no cover - a bug; keep the thread alive
                     log.exception("Redis backplane delivery error")
-                self.cpu += time.thread_time() - t0
+                self.cpu = time.thread_time()    # all of this thread's CPU so far
+                if len(entries) < LINGER_BELOW:
+                    # Not behind: let what arrives next gather for a moment,
+                    # so that it is read and delivered as one batch (one read,
+                    # one queue put or one send per stream) rather than one
+                    # entry at a time.
+                    stop.wait(LINGER)
+        self._give_back(broken=True)
+
+    def _read(self) -> List[Any]:
+        """One ``XREAD BLOCK``: the entries after ``delivered`` (may be none)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.connection.checkout_listener()
+        conn.send_command("XREAD", "COUNT", self.batch, "BLOCK", self.block_ms,
+                          "STREAMS", self.keys.stream, self.delivered)
+        resp = conn.read_response()
+        if not resp:
+            return []
+        if isinstance(resp, dict):               # RESP3: {stream: entries}
+            return cast(List[Any], next(iter(resp.values())))
+        return cast(List[Any], resp[0][1])       # RESP2: [[stream, entries]]
+
+    def _give_back(self, broken: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                self.connection.release_listener(conn, broken=broken)
+            except Exception:  # pragma: no cover - best effort
+                pass
 
     def _init_position(self) -> None:
         """Start after the stream's last entry; or, when Redis could not be
@@ -202,7 +237,7 @@ class Listener:
 
     # -- delivery ----------------------------------------------------------------
 
-    def _deliver(self, raw: List[Tuple[bytes, Dict[bytes, bytes]]]) -> None:
+    def _deliver(self, raw: List[Any]) -> None:
         batch: List[Tuple[Any, str, Optional[str], bytes]] = []
         kept: List[Entry] = []
         epoch, seq = self.epoch, self.seq
