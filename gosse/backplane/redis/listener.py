@@ -124,7 +124,10 @@ class Listener:
         while not stop.is_set():
             try:
                 if self.delivered is None or self.verify:
-                    self._give_back()          # these go through the client's pool
+                    # These go through the client's pool; and after a lost
+                    # connection or a failover the next connection must be
+                    # a new one (to the current master, with Sentinel).
+                    self._give_back(broken=True)
                     if self.delivered is None:
                         self._init_position()
                     else:
