@@ -9,7 +9,7 @@ quote the URL), with ``***``.
 from __future__ import annotations
 
 import re
-from typing import Callable, List
+from typing import Callable, Iterable, List, Optional
 from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
 # Query parameters whose value is taken for a secret (compared in lower case,
@@ -28,14 +28,16 @@ def _is_secret(name: str) -> bool:
 
 
 class Redactor:
-    """Redacts the secrets of ``url`` (and anything derived from them)."""
+    """Redacts the secrets of ``url`` (and anything derived from them), and
+    the ``extra`` ones (passwords given beside the URL)."""
 
-    def __init__(self, url: object):
-        self.secrets: List[str] = []
+    def __init__(self, url: object, extra: Iterable[Optional[str]] = ()):
+        self.secrets: List[str] = [s for s in extra if isinstance(s, str) and s]
         self.url = str(url)
         try:
             parts = urlsplit(self.url)
         except ValueError:
+            self._compile()
             return
         if parts.password:
             self.secrets.append(parts.password)
@@ -54,10 +56,14 @@ class Redactor:
             userinfo = netloc.rsplit("@", 1)[0]
             if ":" in userinfo:
                 more.append(userinfo.split(":", 1)[1])
-        self.secrets = sorted({s for s in self.secrets + more if s}, key=len, reverse=True)
+        self.secrets += more
+        self._compile()
+        self.safe_url = self._masked(parts)
+
+    def _compile(self) -> None:
+        self.secrets = sorted({s for s in self.secrets if s}, key=len, reverse=True)
         self._pattern = (re.compile("|".join(re.escape(s) for s in self.secrets))
                          if self.secrets else None)
-        self.safe_url = self._masked(parts)
 
     @staticmethod
     def _masked(parts: SplitResult) -> str:
@@ -81,7 +87,6 @@ class Redactor:
         text = str(text)
         pattern = getattr(self, "_pattern", None)
         return text if pattern is None else pattern.sub(MASK, text)
-
 
     def exception(self, exc: BaseException) -> BaseException:
         """``exc``, or a copy of the same type whose message has the secrets

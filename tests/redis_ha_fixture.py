@@ -97,7 +97,9 @@ class SentinelNode:
     def master_port(self):
         """The port the sentinel currently gives for the master."""
         with self.client() as c:
-            addr = c.sentinel_get_master_addr_by_name(SERVICE)
+            # (The raw command: redis-py 7.0 breaks sentinel_get_master_addr_by_name
+            # on a plain client.)
+            addr = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         return int(addr[1]) if addr else None
 
     def knows_replica(self, port):

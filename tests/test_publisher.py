@@ -252,7 +252,9 @@ def test_cli_wrong_password_is_a_refusal_not_an_outage():
 
 
 def test_publisher_api_errors_and_secrets(redis_server):  # noqa: F811
-    url = redis_server.url.replace("redis://", "redis://:pw-secret-9@")
+    # Nothing listens there (a password the server does not expect would be
+    # refused at construction, as it should).
+    url = f"redis://:pw-secret-9@127.0.0.1:{free_port()}/0"
     before = set(threading.enumerate())
     with pytest.raises(BackplaneConfigError) as bad:
         Publisher("redis://:pw-secret-9@127.0.0.1:bad/0")

@@ -236,6 +236,7 @@ class RedisBackplane(Backplane):
                                       connect_timeout=connect_timeout, block=self.block,
                                       max_connections=max_connections,
                                       redis_options=redis_options, factory=factory,
+                                      secrets=[(sentinel_options or {}).get("password")],
                                       label=label)
         # Redis Cluster refused now if Redis answers, else before the first publish.
         try:

@@ -193,8 +193,8 @@ class Connection:
     def __init__(self, url: str, *, socket_timeout: float, connect_timeout: float,
                  block: Optional[float], max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  redis_options: Optional[Dict[str, Any]] = None,
-                 factory: Optional[Callable[..., Any]] = None, label: Optional[str] = None
-                 ) -> None:
+                 factory: Optional[Callable[..., Any]] = None, label: Optional[str] = None,
+                 secrets: Sequence[Optional[str]] = ()) -> None:
         if type(max_connections) is not int or max_connections < 1:
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         options = dict(redis_options or {})
@@ -202,7 +202,9 @@ class Connection:
             raise ValueError("pass max_connections to the backplane, not in redis_options")
         self.url = url
         self.label = label
-        self.redact = Redactor(url)
+        # Passwords given beside the URL (options, Sentinel's) are masked too:
+        # some redis-py versions print them in a connection's repr.
+        self.redact = Redactor(url, [options.get("password"), *secrets])
         self.max_connections = max_connections
         common: Dict[str, Any] = dict(socket_timeout=socket_timeout,
                                       socket_connect_timeout=connect_timeout,
@@ -211,7 +213,10 @@ class Connection:
                 redis.UnixDomainSocketConnection.__init__).parameters:
             del common["socket_connect_timeout"]      # redis-py < 5 refuses it there
         common.update(options)
-        listen_options = {**common, "max_connections": 1,
+        # The listener uses one connection at a time; its pool is not capped
+        # at one, because redis-py 7.0 loses a slot for good each time a
+        # connection to a replaced Sentinel master is given back.
+        listen_options = {**common, "max_connections": None,
                           "socket_timeout": (block or 0.0) + socket_timeout}
         make: Callable[..., Any]
         pool: Any    # redis-py's pool API is untyped

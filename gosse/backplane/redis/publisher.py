@@ -193,6 +193,7 @@ class Publisher:
                                          connect_timeout=connect_timeout, block=None,
                                          max_connections=max_connections,
                                          redis_options=redis_options, factory=factory,
+                                         secrets=[(sentinel_options or {}).get("password")],
                                          label=label)
         except (ValueError, TypeError) as exc:   # redis-py: a bad scheme, port, option
             raise BackplaneConfigError(
