@@ -480,10 +480,18 @@ def make_tls_files(folder):
     ca_key, ca = os.path.join(folder, "ca.key"), os.path.join(folder, "ca.pem")
     key, csr, cert = (os.path.join(folder, n) for n in ("server.key", "server.csr", "server.pem"))
     ext = os.path.join(folder, "ext.cnf")
+    # The extensions Python 3.13's default context (VERIFY_X509_STRICT)
+    # requires of a CA and of the server's certificate.
     with open(ext, "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\n")
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\n"
+                "authorityKeyIdentifier=keyid,issuer\n")
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
-        "-days", "2", "-subj", "/CN=gosse test CA")
+        "-days", "2", "-subj", "/CN=gosse test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", "subjectKeyIdentifier=hash")
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
         "-subj", "/CN=127.0.0.1")
     run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
