@@ -14,27 +14,47 @@ def redis_threads():
     return [t for t in threading.enumerate() if t.name.startswith("gosse-redis-")]
 
 
+class BrokerGroup:
+    """Brokers, each served by its own Werkzeug server, all closed by
+    ``close()`` (the fixtures below and in the HA and presence tests)."""
+
+    def __init__(self):
+        self.made, self.servers = [], []
+
+    def add(self, backplane, **broker_kw):
+        """(broker, url) of a new broker on ``backplane``."""
+        broker = Broker(**{"heartbeat_interval": 0.2, **broker_kw}, backplane=backplane)
+        self.made.append(broker)
+        cm = werkzeug_server(make_app(broker))
+        self.servers.append(cm)
+        return broker, cm.__enter__()
+
+    def close(self):
+        for b in self.made:
+            b.close()
+        for cm in self.servers:
+            cm.__exit__(None, None, None)
+
+
+#: Backplane settings that make the fault tests quick.
+QUICK = {"presence_ttl": 3.0, "max_backoff": 0.2}
+
+
 @pytest.fixture
 def brokers(redis_server, redis_prefix):
-    """start(**kw) -> (broker, url): brokers sharing one Redis prefix, each
-    served by its own Werkzeug server; all closed afterwards."""
+    """start(url=None, backplane_kw=None, **broker_kw) -> (broker, url):
+    brokers sharing one Redis prefix, each served by its own Werkzeug
+    server; all closed afterwards."""
     from gosse.backplane.redis import RedisBackplane
-    made, servers = [], []
+    group = BrokerGroup()
 
     def start(url=None, backplane_kw=None, **kw):
         bp = RedisBackplane(url or redis_server.url, prefix=redis_prefix,
-                            **{"presence_ttl": 3.0, "max_backoff": 0.2, **(backplane_kw or {})})
-        broker = Broker(**{"heartbeat_interval": 0.2, **kw}, backplane=bp)
-        made.append(broker)
-        cm = werkzeug_server(make_app(broker))
-        servers.append(cm)
-        return broker, cm.__enter__()
+                            **{**QUICK, **(backplane_kw or {})})
+        return group.add(bp, **kw)
 
     yield start
-    for b in made:
-        b.close()
-    for cm in servers:
-        cm.__exit__(None, None, None)
+    group.close()
 
 
 def sse(url, client, topics=(), last_id=None):

@@ -13,6 +13,7 @@ from broker_app import make_app
 from gosse import BackplaneConfigError, BackplaneError, Broker, Event
 from gosse.broker import RESET_EVENT
 from gosse.errors import PublishOutcomeUnknownError
+from redis_brokers import BrokerGroup
 from redis_fixture import require_redis_package
 from servers import SSEReader, wait_until, werkzeug_server
 
@@ -35,23 +36,16 @@ def ha_brokers(sentinel_setup, redis_prefix):
     """start(**backplane_kw) -> (broker, url): brokers on the Sentinel
     setup's master, each on its own Werkzeug server; closed afterwards."""
     from gosse.backplane.redis import RedisBackplane
-    made, servers = [], []
+    group = BrokerGroup()
 
     def start(**kw):
         bp = RedisBackplane(sentinels=sentinel_setup.sentinels,
                             service_name=sentinel_setup.service, prefix=redis_prefix,
                             **{**FAST, **kw})
-        broker = Broker(heartbeat_interval=0.2, backplane=bp)
-        made.append(broker)
-        cm = werkzeug_server(make_app(broker))
-        servers.append(cm)
-        return broker, cm.__enter__()
+        return group.add(bp)
 
     yield start
-    for b in made:
-        b.close()
-    for cm in servers:
-        cm.__exit__(None, None, None)
+    group.close()
 
 
 @pytest.fixture

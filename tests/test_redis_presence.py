@@ -13,10 +13,10 @@ import time
 import pytest
 
 import redis_fixture
-from broker_app import make_app
 from gosse import Broker, Event, UnknownClientError
 from gosse.errors import BackplaneError
-from servers import ROOT, SSEReader, wait_until, werkzeug_server
+from redis_brokers import QUICK, BrokerGroup
+from servers import ROOT, SSEReader, wait_until
 
 # The shared fixtures, by assignment (an import would be shadowed by the
 # test parameters of the same name).
@@ -30,22 +30,14 @@ def brokers(redis_prefix):
     """start(url, **backplane_kw) -> (broker, url): brokers sharing one
     Redis prefix, each on its own Werkzeug server; closed afterwards."""
     from gosse.backplane.redis import RedisBackplane
-    made, servers = [], []
+    group = BrokerGroup()
 
     def start(redis_url, broker_kw=None, **backplane_kw):
-        bp = RedisBackplane(redis_url, prefix=redis_prefix,
-                            **{"presence_ttl": 3.0, "max_backoff": 0.2, **backplane_kw})
-        broker = Broker(**{"heartbeat_interval": 0.2, **(broker_kw or {})}, backplane=bp)
-        made.append(broker)
-        cm = werkzeug_server(make_app(broker))
-        servers.append(cm)
-        return broker, cm.__enter__()
+        bp = RedisBackplane(redis_url, prefix=redis_prefix, **{**QUICK, **backplane_kw})
+        return group.add(bp, **(broker_kw or {}))
 
     yield start
-    for b in made:
-        b.close()
-    for cm in servers:
-        cm.__exit__(None, None, None)
+    group.close()
 
 
 def sse(url, client):
