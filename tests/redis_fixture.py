@@ -56,22 +56,30 @@ class RedisServer:
     """One redis-server process; ``kill()`` and ``start()`` again keep the
     port, so clients see the same server go away and come back (empty)."""
 
-    def __init__(self, binary, port=None):
+    #: The process's log file, in ``dir``.
+    log_name = "redis.log"
+
+    def __init__(self, binary, port=None, extra=()):
         self.binary = binary
         self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="gosse-redis-")
+        # (realpath: a sentinel rewrites its config with the directory's path.)
+        self.dir = os.path.realpath(tempfile.mkdtemp(prefix="gosse-redis-"))
+        self.extra = list(extra)     # more command-line arguments (--replicaof ...)
         self.proc = None
 
     @property
     def url(self):
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self):
+        return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--daemonize", "no", "--protected-mode", "yes",
+                "--logfile", os.path.join(self.dir, self.log_name), *self.extra]
+
     def start(self, timeout=10.0):
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", self.dir,
-               "--daemonize", "no", "--protected-mode", "yes",
-               "--logfile", os.path.join(self.dir, "redis.log")]
+        cmd = self.command()
         deadline = time.monotonic() + timeout
         while True:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
@@ -126,8 +134,8 @@ class RedisServer:
 
     def log_tail(self):
         try:
-            with open(os.path.join(self.dir, "redis.log")) as f:
-                return f.read()[-2000:]
+            with open(os.path.join(self.dir, self.log_name)) as f:
+                return f.read()[-3000:]
         except OSError:
             return ""
 

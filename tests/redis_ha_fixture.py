@@ -12,11 +12,7 @@ are fixture bodies: wrap them in a test module::
         yield from redis_ha_fixture.sentinel_setup()
 """
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
-import time
 
 from redis_fixture import RedisServer, require_redis_server
 from servers import free_port
@@ -31,63 +27,27 @@ class RedisNode(RedisServer):
     ``--cluster-enabled``...), restartable on the same port, empty."""
 
     def __init__(self, binary, extra=(), port=None):
-        super().__init__(binary, port)
-        self.extra = list(extra)
-
-    def start(self, timeout=10.0):
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", self.dir,
-               "--daemonize", "no", "--protected-mode", "yes",
-               "--logfile", os.path.join(self.dir, "redis.log"), *self.extra]
-        deadline = time.monotonic() + timeout
-        while True:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
-            try:
-                self._wait_ping(deadline)
-                return self
-            except RuntimeError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.1)   # the port may still be held for a moment after a kill
+        super().__init__(binary, port, extra=extra)
 
 
-class SentinelNode:
+class SentinelNode(RedisServer):
     """One sentinel monitoring ``SERVICE`` at ``master_port`` (quorum 1)."""
 
+    log_name = "sentinel.log"
+
     def __init__(self, binary, master_port):
-        self.binary = binary
-        self.port = free_port()
-        self.dir = os.path.realpath(tempfile.mkdtemp(prefix="gosse-sentinel-"))
+        super().__init__(binary)
         self.conf = os.path.join(self.dir, "sentinel.conf")
         with open(self.conf, "w") as f:   # sentinel rewrites its config: a file of its own
             f.write(f"port {self.port}\nbind 127.0.0.1\ndaemonize no\n"
-                    f"dir {self.dir}\nlogfile {self.dir}/sentinel.log\n"
+                    f"dir {self.dir}\nlogfile {self.dir}/{self.log_name}\n"
                     f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} 1\n"
                     f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
                     f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
                     f"sentinel parallel-syncs {SERVICE} 1\n")
-        self.proc = None
 
-    def start(self, timeout=10.0):
-        self.proc = subprocess.Popen([self.binary, self.conf, "--sentinel"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sentinel exited with {self.proc.returncode}: "
-                                   + self.log_tail())
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.settimeout(0.5)
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise TimeoutError("sentinel did not answer PING")
+    def command(self):
+        return [self.binary, self.conf, "--sentinel"]
 
     def client(self):
         import redis
@@ -109,23 +69,6 @@ class SentinelNode:
             replicas = c.sentinel_slaves(SERVICE)
         return any(int(r["port"]) == port and not r["is_sdown"]
                    and r.get("master-link-status", "ok") == "ok" for r in replicas)
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def log_tail(self):
-        try:
-            with open(os.path.join(self.dir, "sentinel.log")) as f:
-                return f.read()[-3000:]
-        except OSError:
-            return ""
 
 
 class SentinelSetup:
