@@ -79,6 +79,15 @@ def data_of(events):
 
 # -- Sentinel ------------------------------------------------------------------------
 
+def two_streams(ha_brokers):
+    """Two brokers on the Sentinel setup, one open stream on each."""
+    a, ua = ha_brokers()
+    b, ub = ha_brokers()
+    readers = [reader(ua, "x"), reader(ub, "y")]
+    assert wait_until(lambda: a.stats()["sessions"] == 1 and b.stats()["sessions"] == 1)
+    return a, b, readers
+
+
 def test_sentinel_failover_publishes_resume_and_streams_keep_receiving(ha_brokers,
                                                                        sentinel_setup):
     """SIGKILL the master: within a bounded time publishes through both
@@ -86,10 +95,7 @@ def test_sentinel_failover_publishes_resume_and_streams_keep_receiving(ha_broker
     listeners followed the master too) get every event once, in order, with
     no reset: everything was replicated before the kill."""
     setup = sentinel_setup
-    a, ua = ha_brokers()
-    b, ub = ha_brokers()
-    readers = [reader(ua, "x"), reader(ub, "y")]
-    assert wait_until(lambda: a.stats()["sessions"] == 1 and b.stats()["sessions"] == 1)
+    a, b, readers = two_streams(ha_brokers)
     before = [f"before{i}" for i in range(6)]
     for i, text in enumerate(before):
         (a if i % 2 else b).broadcast(Event(text, id=text))
@@ -254,10 +260,7 @@ def test_sentinel_split_brain_old_master_restarted_empty(ha_brokers, sentinel_se
     Every stream must receive each event at most once, in order, and any
     acknowledged event it misses must be preceded by ``gosse-reset``."""
     setup = sentinel_setup
-    a, ua = ha_brokers()
-    b, ub = ha_brokers()
-    readers = [reader(ua, "x"), reader(ub, "y")]
-    assert wait_until(lambda: a.stats()["sessions"] == 1 and b.stats()["sessions"] == 1)
+    a, b, readers = two_streams(ha_brokers)
     pubs = [Publishing(a, "A"), Publishing(b, "B")]
     for p in pubs:
         p.start()
@@ -320,10 +323,7 @@ def test_sentinel_manual_failover_while_publishing(ha_brokers, sentinel_setup):
     demotes it.  Every stream: each event at most once, in order, any
     acknowledged event it misses preceded by ``gosse-reset``."""
     setup = sentinel_setup
-    a, ua = ha_brokers()
-    b, ub = ha_brokers()
-    readers = [reader(ua, "x"), reader(ub, "y")]
-    assert wait_until(lambda: a.stats()["sessions"] == 1 and b.stats()["sessions"] == 1)
+    a, b, readers = two_streams(ha_brokers)
     pubs = [Publishing(a, "A"), Publishing(b, "B")]
     for p in pubs:
         p.start()
